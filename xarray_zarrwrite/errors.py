@@ -1,0 +1,108 @@
+"""Typed errors raised by :mod:`xarray_zarrwrite`.
+
+Every error derives from :class:`ZarrWriteError`, itself a :class:`ValueError`, and where a
+builtin fits better the error also derives from it (``StoreExistsError`` is a
+``FileExistsError``), so ``except ValueError`` keeps working for callers that predate us.
+Messages say what was received and what to do about it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ChunkSpecError",
+    "CodecError",
+    "CompressionError",
+    "DimensionMismatchError",
+    "DtypeCastError",
+    "InvalidNameError",
+    "PackingError",
+    "ReadOnlyStoreError",
+    "RegionAlignmentError",
+    "RegionError",
+    "RegionLabelError",
+    "StoreExistsError",
+    "TemplateError",
+    "TemplateNotFoundError",
+    "TimeEncodingError",
+    "VariableNotInTemplateError",
+    "WriteFailedError",
+    "ZarrWriteError",
+]
+
+
+class ZarrWriteError(ValueError):
+    """Base class of every error raised by xarray_zarrwrite."""
+
+
+class TemplateError(ZarrWriteError):
+    """The template cannot be built from the given example data and options."""
+
+
+class ChunkSpecError(TemplateError):
+    """A ``chunks=`` specification is invalid (unknown dim, non-positive size, bad type)."""
+
+
+class CompressionError(TemplateError):
+    """A ``compression=`` specification is not understood."""
+
+
+class PackingError(TemplateError):
+    """A ``packing=`` specification is invalid, or packed data falls outside its range."""
+
+
+class InvalidNameError(ZarrWriteError):
+    """A variable, dimension or group name would escape the store root or is not a valid key."""
+
+
+class StoreExistsError(ZarrWriteError, FileExistsError):
+    """``mode="w-"`` was asked for but the target already holds a Zarr hierarchy."""
+
+
+class ReadOnlyStoreError(ZarrWriteError, PermissionError):
+    """The target store is read-only."""
+
+
+class TemplateNotFoundError(ZarrWriteError, FileNotFoundError):
+    """No template (Zarr group) exists at the target of a region write."""
+
+
+class RegionError(ZarrWriteError):
+    """The data cannot be placed into the template (bad region, shapes, variables)."""
+
+
+class RegionLabelError(RegionError, KeyError):
+    """A coordinate label is off-grid, duplicated, out of order, or outside the template."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RegionAlignmentError(RegionError):
+    """A region (or dask chunk) boundary does not fall on a chunk boundary of the template."""
+
+
+class VariableNotInTemplateError(RegionError, KeyError):
+    """A data variable of the region is absent from the template."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DimensionMismatchError(RegionError):
+    """Dimensions or shapes of a variable differ from the template's."""
+
+
+class DtypeCastError(RegionError, TypeError):
+    """The data's dtype cannot be cast safely to the template's dtype."""
+
+
+class TimeEncodingError(RegionError):
+    """Time units or calendar of the data disagree with the template's pinned time encoding."""
+
+
+class CodecError(ZarrWriteError):
+    """An encoded chunk is malformed, truncated or corrupted, or codec options are invalid."""
+
+
+class WriteFailedError(ZarrWriteError, RuntimeError):
+    """A write failed after validation (store I/O error after retries, background failure)."""

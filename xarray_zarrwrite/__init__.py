@@ -1,8 +1,27 @@
-"""Fast, parallel and safe writes of large xarray datasets to Zarr."""
+"""Fast, parallel and safe writes of large xarray datasets to Zarr.
+
+``import xarray_zarrwrite`` registers the ``.fastzarr`` accessor on xarray objects.
+"""
 
 from __future__ import annotations
 
+from . import accessor as _accessor  # noqa: F401  (registers ds.fastzarr)
 from . import errors as errors
+from ._write import RegionWriteResult as RegionWriteResult
+from .api import open_template as open_template
+from .api import plan as plan
+from .api import to_template as to_template
+from .api import write_region as write_region
 from .config import config as config
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "RegionWriteResult",
+    "config",
+    "errors",
+    "open_template",
+    "plan",
+    "to_template",
+    "write_region",
+]

@@ -1,0 +1,128 @@
+"""Reading a template back: what region writes need to know, cached per process.
+
+Every region write needs the template's arrays (shape, chunks, encoding) and its coordinate
+labels. Reading all coordinates on every call is what makes xarray's ``region="auto"`` slow;
+here they are read once per process and reused while the store's root metadata document is
+unchanged (one small read per call checks that).
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from ._encoding import cf_encoding
+from ._store import store_key
+from .errors import TemplateNotFoundError
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
+
+__all__ = ["ArrayInfo", "TemplateInfo", "load_template"]
+
+_ROOT_KEYS = ("zarr.json", ".zmetadata", ".zgroup")
+
+
+@dataclass(frozen=True)
+class ArrayInfo:
+    """One array of a template, as a region write sees it."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    dtype: np.dtype[Any]  # decoded (what users hand us)
+    stored_dtype: np.dtype[Any]  # encoded (what the zarr array holds)
+    encoding: Mapping[str, Any]  # CF encoding pinned by the template
+    attrs: Mapping[str, Any]
+    is_coord: bool
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """Everything a region write needs from the template, read once."""
+
+    key: str
+    zarr_format: int
+    arrays: Mapping[str, ArrayInfo]
+    indexes: Mapping[str, pd.Index]
+    sizes: Mapping[str, int]
+    zarr_arrays: Mapping[str, zarr.Array] = field(repr=False)
+
+
+_cache: dict[str, tuple[bytes, TemplateInfo]] = {}
+_lock = threading.Lock()
+
+
+def _root_document(store: Store) -> bytes:
+    proto = default_buffer_prototype()
+    for key in _ROOT_KEYS:
+        buf = sync(store.get(key, prototype=proto))
+        if buf is not None:
+            return key.encode() + b"\0" + buf.to_bytes()
+    raise TemplateNotFoundError(
+        f"no Zarr template at {store}; create one first with ds.fastzarr.to_template(store)"
+    )
+
+
+def load_template(store: Store) -> TemplateInfo:
+    """Return the :class:`TemplateInfo` of the template in ``store`` (cached per process).
+
+    Raises
+    ------
+    TemplateNotFoundError
+        The store holds no Zarr group.
+    """
+    key = store_key(store)
+    root = _root_document(store)
+    with _lock:
+        hit = _cache.get(key)
+    if hit is not None and hit[0] == root:
+        return hit[1]
+    info = _read_template(store, key)
+    with _lock:
+        _cache[key] = (root, info)
+    return info
+
+
+def _read_template(store: Store, key: str) -> TemplateInfo:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        ds = xr.open_zarr(store, consolidated=None, chunks=None)
+        group = zarr.open_group(store, mode="r+", use_consolidated=None)
+    arrays: dict[str, ArrayInfo] = {}
+    zarrs: dict[str, zarr.Array] = {}
+    for name, var in ds.variables.items():
+        name = str(name)
+        z = group[name]
+        assert isinstance(z, zarr.Array)
+        zarrs[name] = z
+        arrays[name] = ArrayInfo(
+            name=name,
+            dims=tuple(map(str, var.dims)),
+            shape=tuple(z.shape),
+            chunks=tuple(z.chunks),
+            dtype=var.dtype,
+            stored_dtype=np.dtype(z.dtype),
+            encoding=cf_encoding(var.encoding),
+            attrs=dict(var.attrs),
+            is_coord=name in ds.coords,
+        )
+    return TemplateInfo(
+        key=key,
+        zarr_format=int(group.metadata.zarr_format),
+        arrays=arrays,
+        indexes={str(d): ds.indexes[d] for d in ds.indexes},
+        sizes={str(d): int(n) for d, n in ds.sizes.items()},
+        zarr_arrays=zarrs,
+    )

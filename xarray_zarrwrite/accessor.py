@@ -1,0 +1,45 @@
+"""``Dataset.fastzarr`` and ``DataArray.fastzarr``: thin delegates to :mod:`xarray_zarrwrite.api`.
+
+A DataArray behaves like a one-variable Dataset named after it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import xarray as xr
+
+from . import api
+
+if TYPE_CHECKING:
+    from dask.delayed import Delayed
+
+    from ._region import RegionPlan
+    from ._store import StoreLike
+
+__all__ = ["FastZarrAccessor"]
+
+T = TypeVar("T", xr.Dataset, xr.DataArray)
+
+
+class FastZarrAccessor(Generic[T]):
+    """Fast, safe Zarr writes: ``ds.fastzarr.to_template(...)``, ``.write_region(...)``."""
+
+    def __init__(self, obj: T) -> None:
+        self._obj = obj
+
+    def to_template(self, store: StoreLike, **kwargs: Any) -> xr.Dataset:
+        """Write a metadata-only template; see :func:`xarray_zarrwrite.to_template`."""
+        return api.to_template(self._obj, store, **kwargs)
+
+    def write_region(self, store: StoreLike, **kwargs: Any) -> api.RegionWriteResult | Delayed:
+        """Write this data into its region; see :func:`xarray_zarrwrite.write_region`."""
+        return api.write_region(self._obj, store, **kwargs)
+
+    def plan(self, store: StoreLike, **kwargs: Any) -> RegionPlan:
+        """Validate against the template and return the plan; see :func:`xarray_zarrwrite.plan`."""
+        return api.plan(self._obj, store, **kwargs)
+
+
+xr.register_dataset_accessor("fastzarr")(FastZarrAccessor)
+xr.register_dataarray_accessor("fastzarr")(FastZarrAccessor)

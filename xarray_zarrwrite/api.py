@@ -1,0 +1,153 @@
+"""The public functions; ``ds.fastzarr.*`` and the command line are thin layers over these."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+from zarr.core.sync import sync
+
+from ._open import load_template
+from ._region import plan_region
+from ._store import ensure_writable, resolve_store
+from ._template import _as_dataset, open_template, to_template
+from ._write import RegionWriteResult, encode_for_template, encode_plan, write_encoded
+
+if TYPE_CHECKING:
+    from dask.delayed import Delayed
+
+    from ._open import TemplateInfo
+    from ._region import RegionPlan
+    from ._store import StoreLike
+    from .codecs.cf import OnOutOfRange
+
+__all__ = ["RegionWriteResult", "open_template", "plan", "to_template", "write_region"]
+
+
+def plan(
+    ds: xr.Dataset | xr.DataArray,
+    store: StoreLike,
+    *,
+    region: Mapping[str, Any] | str = "auto",
+    safe_chunks: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+) -> RegionPlan:
+    """Validate ``ds`` against the template in ``store`` and return where it goes.
+
+    Writes nothing. Useful to check data before a long run; :func:`write_region` does the
+    same validation.
+    """
+    target = resolve_store(store, storage_options=storage_options)
+    return plan_region(_as_dataset(ds), load_template(target), region, safe_chunks=safe_chunks)
+
+
+def write_region(
+    ds: xr.Dataset | xr.DataArray,
+    store: StoreLike,
+    *,
+    region: Mapping[str, Any] | str = "auto",
+    safe_chunks: bool = True,
+    storage_options: Mapping[str, Any] | None = None,
+    compute: bool = True,
+    on_out_of_range: OnOutOfRange = "raise",
+) -> RegionWriteResult | Delayed:
+    """Write ``ds`` into its region of the template in ``store``.
+
+    Every check runs before the first byte is written: variables must exist in the template
+    with the same dimensions, dtypes must cast safely, coordinate labels must be a contiguous
+    run of the template's labels, time encodings must agree, and (with ``safe_chunks``) every
+    region boundary must fall on a chunk boundary so that concurrent writers never share a
+    chunk. Coordinates already in the template (``lat``, ``lon``, bounds, the labels of the
+    region) are skipped for you.
+
+    NumPy-backed data is encoded, then every chunk of every variable is written concurrently
+    under one process-wide in-flight limit. Dask-backed data is written by the workers that
+    compute each block; nothing is gathered to the client.
+
+    Parameters
+    ----------
+    ds
+        The data: a Dataset, or a named DataArray.
+    store
+        The template's store: path, fsspec URL or zarr Store.
+    region
+        ``"auto"`` (found from coordinate labels) or ``{dim: slice(start, stop)}``; dims
+        left out are found automatically.
+    safe_chunks
+        Refuse regions (and dask chunks) that do not fall on chunk boundaries. ``False``
+        allows partial chunks, which zarr writes by read-modify-write: unsafe when other
+        writers may touch the same chunk.
+    storage_options
+        fsspec options for URLs.
+    compute
+        With dask-backed data, ``False`` returns a :class:`dask.delayed.Delayed` that writes
+        when computed and returns the :class:`RegionWriteResult`.
+    on_out_of_range
+        For CF-packed variables: ``"raise"`` (default) refuses values outside the packing
+        range, ``"clip"`` clips them. Values never wrap around.
+
+    Returns
+    -------
+    RegionWriteResult or dask.delayed.Delayed
+
+    Raises
+    ------
+    RegionError
+        Or a subclass (see :mod:`xarray_zarrwrite.errors`) for invalid data; nothing written.
+    TemplateNotFoundError
+        No template at ``store``.
+    WriteFailedError
+        A store write failed after validation.
+    """
+    ds = _as_dataset(ds)
+    target = resolve_store(store, storage_options=storage_options)
+    ensure_writable(target)
+    info = load_template(target)
+    planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
+    if any(w.variable.chunks is not None for w in planned.writes):
+        return _write_dask(planned, info, on_out_of_range, compute)
+    import time  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    encoded = encode_plan(planned, info, on_out_of_range)
+    arrays = {w.name: info.zarr_arrays[w.name]._async_array for w in encoded}
+    nchunks, nbytes = sync(write_encoded(encoded, arrays))
+    return RegionWriteResult(
+        region=dict(planned.region),
+        variables=tuple(w.name for w in encoded),
+        nchunks=nchunks,
+        nbytes=nbytes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _write_dask(
+    planned: RegionPlan, info: TemplateInfo, on_out_of_range: OnOutOfRange, compute: bool
+) -> RegionWriteResult | Delayed:
+    import dask  # noqa: PLC0415
+    import dask.array as da  # noqa: PLC0415
+
+    sources, targets, regions = [], [], []
+    for w in planned.writes:
+        target = info.arrays[w.name]
+        data = encode_for_template(w.name, w.variable, target, info.zarr_format, on_out_of_range)
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(data), chunks=target.chunks)
+        sources.append(data)
+        targets.append(info.zarr_arrays[w.name])
+        regions.append(w.selection)
+    stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
+    result = RegionWriteResult(
+        region=dict(planned.region),
+        variables=tuple(w.name for w in planned.writes),
+        nchunks=planned.nchunks,
+        nbytes=planned.nbytes,
+    )
+    delayed = dask.delayed(_after, pure=False)(stored, result)
+    return delayed.compute() if compute else delayed
+
+
+def _after(_: Any, result: RegionWriteResult) -> RegionWriteResult:
+    return result

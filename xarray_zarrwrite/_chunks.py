@@ -76,7 +76,9 @@ def plan_chunks(
                     f"chunks names dimension {dim!r}, which is not a dimension of the data "
                     f"(dimensions: {list(sizes)})"
                 )
-            if size is None or (isinstance(size, int) and not isinstance(size, bool) and size == -1):
+            if size is None or (
+                isinstance(size, int) and not isinstance(size, bool) and size == -1
+            ):
                 fixed[dim] = max(sizes[dim], 1)
             elif isinstance(size, int) and not isinstance(size, bool) and size > 0:
                 fixed[dim] = min(size, max(sizes[dim], 1))

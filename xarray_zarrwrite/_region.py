@@ -30,7 +30,7 @@ from .errors import (
 if TYPE_CHECKING:
     from ._open import ArrayInfo, TemplateInfo
 
-__all__ = ["RegionPlan", "VariableWrite", "chunk_blocks", "plan_region"]
+__all__ = ["RegionPlan", "VariableWrite", "chunk_blocks", "chunk_pieces", "plan_region"]
 
 
 @dataclass(frozen=True)
@@ -351,12 +351,15 @@ def _check_aligned(
             )
 
 
+def chunk_pieces(sel: slice, chunk: int) -> list[slice]:
+    """Split one dimension's ``sel`` at the chunk boundaries of the template."""
+    edges = [sel.start, *range((sel.start // chunk + 1) * chunk, sel.stop, chunk), sel.stop]
+    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
 def chunk_blocks(selection: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
     """Split ``selection`` into pieces that each fall in one chunk of the template array."""
-    per_dim = []
-    for sel, c in zip(selection, chunks, strict=True):
-        edges = [sel.start, *range((sel.start // c + 1) * c, sel.stop, c), sel.stop]
-        per_dim.append([slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)])
+    per_dim = [chunk_pieces(sel, c) for sel, c in zip(selection, chunks, strict=True)]
     blocks: list[tuple[slice, ...]] = [()]
     for pieces in per_dim:
         blocks = [(*b, p) for b in blocks for p in pieces]

@@ -45,7 +45,9 @@ def resolve_store(
     """
     if isinstance(store, Store):
         if storage_options:
-            raise ValueError("storage_options cannot be used with a zarr Store; configure the Store")
+            raise ValueError(
+                "storage_options cannot be used with a zarr Store; configure the Store"
+            )
         return store
     if not isinstance(store, str | os.PathLike):
         raise TypeError(

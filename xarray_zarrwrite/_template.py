@@ -444,7 +444,9 @@ async def _create_data_array(
         raise TemplateError(f"cannot encode variable {name!r} with {sample.encoding}: {e}") from e
     codec_kwargs = {k: enc[k] for k in ZARR_ENCODING_KEYS if k in enc}
     codec_kwargs.setdefault("compressors", spec.compressors)
-    fill, attrs = zarr_fill_and_attrs(encoded, spec.zarr_format, codec_kwargs.pop("fill_value", None))
+    fill, attrs = zarr_fill_and_attrs(
+        encoded, spec.zarr_format, codec_kwargs.pop("fill_value", None)
+    )
     shape = tuple(len(full[d]) if d in full else n for d, n in var.sizes.items())
     chunks = tuple(min(chunking[str(d)], max(n, 1)) for d, n in zip(var.dims, shape, strict=True))
     try:
@@ -510,4 +512,3 @@ async def _publish(staged: MemoryStore, target: Store, mode: str) -> None:
 
     await asyncio.gather(*(copy(k) for k in keys if k not in roots))
     await asyncio.gather(*(copy(k) for k in keys if k in roots))  # root last: publishes the rest
-

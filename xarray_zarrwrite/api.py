@@ -10,7 +10,7 @@ import xarray as xr
 from zarr.core.sync import sync
 
 from ._open import load_template
-from ._region import plan_region
+from ._region import chunk_pieces, plan_region
 from ._store import ensure_writable, resolve_store
 from ._template import _as_dataset, open_template, to_template
 from ._write import RegionWriteResult, encode_for_template, encode_plan, write_encoded
@@ -133,8 +133,18 @@ def _write_dask(
     for w in planned.writes:
         target = info.arrays[w.name]
         data = encode_for_template(w.name, w.variable, target, info.zarr_format, on_out_of_range)
+        # one block per chunk-aligned piece: no two tasks ever share a chunk, even with
+        # safe_chunks=False (where the first and last piece may be partial chunks)
+        grid = tuple(
+            tuple(s.stop - s.start for s in pieces)
+            for pieces in (
+                chunk_pieces(sel, c) for sel, c in zip(w.selection, target.chunks, strict=True)
+            )
+        )
         if not isinstance(data, da.Array):
-            data = da.from_array(np.asarray(data), chunks=target.chunks)
+            data = da.from_array(np.asarray(data), chunks=grid)
+        elif not planned_aligned(data.chunks, grid):
+            data = data.rechunk(grid)
         sources.append(data)
         targets.append(info.zarr_arrays[w.name])
         regions.append(w.selection)
@@ -147,6 +157,14 @@ def _write_dask(
     )
     delayed = dask.delayed(_after, pure=False)(stored, result)
     return delayed.compute() if compute else delayed
+
+
+def planned_aligned(have: tuple[tuple[int, ...], ...], grid: tuple[tuple[int, ...], ...]) -> bool:
+    """True when every dask block boundary is a chunk boundary of the grid."""
+    for h, g in zip(have, grid, strict=True):
+        if not set(np.cumsum(h)) <= set(np.cumsum(g)):
+            return False
+    return True
 
 
 def _after(_: Any, result: RegionWriteResult) -> RegionWriteResult:

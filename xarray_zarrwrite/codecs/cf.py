@@ -146,7 +146,9 @@ def _range(da: xr.DataArray, name: str, valid_range: Any) -> tuple[float, float]
             f"valid_range for {name!r} must be two numbers, got {valid_range!r}"
         ) from e
     if not (np.isfinite(vmin) and np.isfinite(vmax) and vmin <= vmax):
-        raise PackingError(f"valid_range for {name!r} must be finite and ordered, got {valid_range}")
+        raise PackingError(
+            f"valid_range for {name!r} must be finite and ordered, got {valid_range}"
+        )
     return vmin, vmax
 
 

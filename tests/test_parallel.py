@@ -16,7 +16,6 @@ from xarray_zarrwrite.testing.datasets import era5_like
 def _write_parts(path: str, bounds: list[tuple[int, int]], seed: int) -> int:
     import time
 
-    import xarray_zarrwrite  # noqa: F401  (spawned process)
     from xarray_zarrwrite.testing.datasets import era5_like
 
     rng = random.Random(seed)
@@ -101,7 +100,6 @@ def test_dask_distributed_map_blocks(tmp_path, client):
     src = year.chunk(time=20)
 
     def write(block: xr.Dataset) -> xr.Dataset:
-        import xarray_zarrwrite  # noqa: F401  (on the worker)
 
         block.fastzarr.write_region(path)
         return block.isel(time=slice(0, 0)).reindex_like(block)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.fastzarr)
 from . import errors as errors
+from ._stream import StreamWriter as StreamWriter
+from ._stream import UnclosedWriterWarning as UnclosedWriterWarning
+from ._stream import WriteFuture as WriteFuture
 from ._write import RegionWriteResult as RegionWriteResult
 from .api import open_template as open_template
 from .api import plan as plan
@@ -18,6 +21,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RegionWriteResult",
+    "StreamWriter",
+    "UnclosedWriterWarning",
+    "WriteFuture",
     "config",
     "errors",
     "open_template",

@@ -45,9 +45,9 @@ def parse_compression(spec: Any, zarr_format: int) -> tuple[Any, ...]:
     for item in items:
         if isinstance(item, str):
             out.append(_from_string(item, zarr_format))
-        elif zarr_format == 3 and isinstance(item, BytesBytesCodec | numcodecs.abc.Codec):
-            out.append(item)
-        elif zarr_format == 2 and isinstance(item, numcodecs.abc.Codec):
+        elif (zarr_format == 3 and isinstance(item, BytesBytesCodec | numcodecs.abc.Codec)) or (
+            zarr_format == 2 and isinstance(item, numcodecs.abc.Codec)
+        ):
             out.append(item)
         else:
             want = "zarr.codecs bytes-to-bytes codecs" if zarr_format == 3 else "numcodecs codecs"

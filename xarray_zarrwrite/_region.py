@@ -234,6 +234,9 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
     if not labels.is_unique:
         dup = labels[labels.duplicated()][0]
         raise RegionLabelError(f"label {dup!r} appears more than once in coordinate {dim!r}")
+    fast = _contiguous_run(axis, labels)
+    if fast is not None:
+        return fast
     try:
         pos = axis.get_indexer(labels)
     except (TypeError, ValueError) as e:
@@ -264,6 +267,20 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
             "must be a contiguous run of template labels"
         )
     return slice(int(pos[0]), int(pos[0]) + n)
+
+
+def _contiguous_run(axis: pd.Index, labels: pd.Index) -> slice | None:
+    """The common case in O(n): the labels equal a run of the template's (unique) axis."""
+    try:
+        start = axis.get_loc(labels[0])
+        if not isinstance(start, int | np.integer):
+            return None
+        run = np.asarray(axis[start : start + len(labels)])
+        if len(run) == len(labels) and bool((run == np.asarray(labels)).all()):
+            return slice(int(start), int(start) + len(labels))
+    except (KeyError, TypeError, ValueError):
+        pass
+    return None
 
 
 def _nearest(axis: pd.Index, label: Any) -> str:

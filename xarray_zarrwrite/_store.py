@@ -54,8 +54,7 @@ def resolve_store(
             f"store must be a path, an fsspec URL or a zarr Store, got {type(store).__name__}"
         )
     path = os.fspath(store)
-    if path.startswith("file://"):
-        path = path[len("file://") :]
+    path = path.removeprefix("file://")
     if "://" in path or "::" in path:
         return FsspecStore.from_url(
             path, storage_options=dict(storage_options or {}), read_only=read_only

@@ -356,7 +356,7 @@ def _packing_encoding(
 ) -> dict[str, dict[str, Any]]:
     if packing is None:
         return {}
-    from .codecs.cf import packing_encodings  # noqa: PLC0415  (heavy, optional path)
+    from .codecs.cf import packing_encodings
 
     return packing_encodings(ds, packing, zarr_format)
 
@@ -407,7 +407,7 @@ async def _create_coordinate(
     group: zarr.AsyncGroup, name: str, var: xr.Variable, user: Mapping[str, Any], fmt: int
 ) -> None:
     var = var.copy(deep=False)
-    var.encoding = {**cf_encoding(var.encoding), **{k: v for k, v in user.items()}}
+    var.encoding = {**cf_encoding(var.encoding), **user}
     codec_kwargs = {k: var.encoding.pop(k) for k in ZARR_ENCODING_KEYS if k in var.encoding}
     encoded = encode_variable(var, name, fmt)
     data = np.asarray(encoded.values)

@@ -11,12 +11,14 @@ from zarr.core.sync import sync
 
 from ._open import load_template
 from ._region import chunk_pieces, plan_region
-from ._store import ensure_writable, resolve_store
+from ._store import ensure_writable, resolve_store, store_key
+from ._stream import StreamWriter, WriteFuture
 from ._template import _as_dataset, open_template, to_template
 from ._write import RegionWriteResult, encode_for_template, encode_plan, write_encoded
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
+    from zarr.abc.store import Store
 
     from ._open import TemplateInfo
     from ._region import RegionPlan
@@ -52,7 +54,8 @@ def write_region(
     storage_options: Mapping[str, Any] | None = None,
     compute: bool = True,
     on_out_of_range: OnOutOfRange = "raise",
-) -> RegionWriteResult | Delayed:
+    blocking: bool = True,
+) -> RegionWriteResult | Delayed | WriteFuture:
     """Write ``ds`` into its region of the template in ``store``.
 
     Every check runs before the first byte is written: variables must exist in the template
@@ -87,10 +90,15 @@ def write_region(
     on_out_of_range
         For CF-packed variables: ``"raise"`` (default) refuses values outside the packing
         range, ``"clip"`` clips them. Values never wrap around.
+    blocking
+        ``False`` validates, snapshots and returns a
+        :class:`~xarray_zarrwrite.WriteFuture` at once; encoding and I/O run in the
+        background through a per-store :class:`~xarray_zarrwrite.StreamWriter` (see
+        :doc:`/streaming`).
 
     Returns
     -------
-    RegionWriteResult or dask.delayed.Delayed
+    RegionWriteResult or dask.delayed.Delayed or WriteFuture
 
     Raises
     ------
@@ -104,11 +112,13 @@ def write_region(
     ds = _as_dataset(ds)
     target = resolve_store(store, storage_options=storage_options)
     ensure_writable(target)
+    if not blocking:
+        return _shared_writer(target, safe_chunks, on_out_of_range).write(ds, region=region)
     info = load_template(target)
     planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
     if any(w.variable.chunks is not None for w in planned.writes):
         return _write_dask(planned, info, on_out_of_range, compute)
-    import time  # noqa: PLC0415
+    import time
 
     t0 = time.perf_counter()
     encoded = encode_plan(planned, info, on_out_of_range)
@@ -123,11 +133,24 @@ def write_region(
     )
 
 
+_writers: dict[tuple[str, bool, str], StreamWriter] = {}
+
+
+def _shared_writer(target: Store, safe_chunks: bool, on_out_of_range: str) -> StreamWriter:
+    key = (store_key(target), safe_chunks, on_out_of_range)
+    writer = _writers.get(key)
+    if writer is None or writer._closed:
+        writer = _writers[key] = StreamWriter(
+            target, safe_chunks=safe_chunks, on_out_of_range=on_out_of_range
+        )
+    return writer
+
+
 def _write_dask(
     planned: RegionPlan, info: TemplateInfo, on_out_of_range: OnOutOfRange, compute: bool
 ) -> RegionWriteResult | Delayed:
-    import dask  # noqa: PLC0415
-    import dask.array as da  # noqa: PLC0415
+    import dask
+    import dask.array as da
 
     sources, targets, regions = [], [], []
     for w in planned.writes:
@@ -161,10 +184,7 @@ def _write_dask(
 
 def planned_aligned(have: tuple[tuple[int, ...], ...], grid: tuple[tuple[int, ...], ...]) -> bool:
     """True when every dask block boundary is a chunk boundary of the grid."""
-    for h, g in zip(have, grid, strict=True):
-        if not set(np.cumsum(h)) <= set(np.cumsum(g)):
-            return False
-    return True
+    return all(set(np.cumsum(h)) <= set(np.cumsum(g)) for h, g in zip(have, grid, strict=True))
 
 
 def _after(_: Any, result: RegionWriteResult) -> RegionWriteResult:

@@ -117,10 +117,10 @@ def _one(da: xr.DataArray, name: str, opts: dict[str, Any], zarr_format: int) ->
 
 def _bitpack(bits: int | None, max_error: float | None, zarr_format: int) -> dict[str, Any]:
     if zarr_format == 3:
-        from .bitpack import BitpackCodec  # noqa: PLC0415
+        from .bitpack import BitpackCodec
 
         return {"serializer": BitpackCodec(bits=bits, max_error=max_error)}
-    from .bitpack_v2 import Bitpack  # noqa: PLC0415
+    from .bitpack_v2 import Bitpack
 
     return {"filters": [Bitpack(bits=bits, max_error=max_error)]}
 
@@ -174,7 +174,7 @@ def check_packed_range(
         return var
     vmin, vmax = float(target.attrs["valid_min"]), float(target.attrs["valid_max"])
     if var.chunks is not None:
-        import dask.array as da  # noqa: PLC0415
+        import dask.array as da
 
         data = da.map_blocks(_check_block, var.data, name, vmin, vmax, on_out_of_range)
         return var.copy(deep=False, data=data)

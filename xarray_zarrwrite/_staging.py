@@ -1,0 +1,120 @@
+"""Snapshots: copy the caller's arrays into memory the pipeline owns.
+
+After a snapshot the caller may overwrite or free its arrays (GPU memory included). NumPy and
+CuPy differ only here, behind one small interface: :func:`stage` returns a :class:`Staged`
+whose :meth:`Staged.wait` blocks until the copy is complete and returns a host NumPy array.
+
+- NumPy: a copy into a buffer from a reusable host pool (no allocation per step once warm).
+- CuPy: the device-to-host copy is issued on a side CUDA stream, ordered after the producer's
+  current stream by an event, into pinned host memory from a reusable pool. The caller's thread
+  only records the event and enqueues the copy: no synchronous pageable copy, no stall.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HostPool", "Staged", "is_device_array", "stage"]
+
+
+class HostPool:
+    """Reusable host buffers, keyed by size in bytes (pinned when CuPy asks for them)."""
+
+    def __init__(self, *, pinned: bool = False) -> None:
+        self._pinned = pinned
+        self._free: defaultdict[int, list[Any]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def take(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * dtype.itemsize
+        with self._lock:
+            free = self._free[nbytes]
+            mem = free.pop() if free else None
+        if mem is None:
+            mem = self._allocate(nbytes)
+        return mem[:nbytes].view(dtype).reshape(shape)
+
+    def give(self, arr: np.ndarray) -> None:
+        """Return a buffer from :meth:`take` once nothing reads it any more."""
+        base = arr
+        while base.base is not None and isinstance(base.base, np.ndarray):
+            base = base.base
+        with self._lock:
+            self._free[arr.nbytes].append(base)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._free.clear()
+
+    def _allocate(self, nbytes: int) -> np.ndarray:
+        if self._pinned:
+            import cupy
+
+            mem = cupy.cuda.alloc_pinned_memory(max(nbytes, 1))
+            return np.frombuffer(mem, dtype=np.uint8, count=max(nbytes, 1))
+        return np.empty(max(nbytes, 1), dtype=np.uint8)  # uninitialised: no zero-fill pass
+
+
+@dataclass
+class Staged:
+    """A copy in progress (or done) of one array into host memory owned by the pipeline."""
+
+    host: np.ndarray
+    _event: Any = None  # cupy.cuda.Event recorded on the copy stream, or None when done
+    _source: Any = None  # keeps the device array alive until the copy is complete
+
+    def wait(self) -> np.ndarray:
+        """Block until the copy is complete; return the host array."""
+        if self._event is not None:
+            self._event.synchronize()
+            self._event = None
+        self._source = None
+        return self.host
+
+
+def is_device_array(data: Any) -> bool:
+    """True for CuPy arrays (without importing CuPy when it is not loaded)."""
+    return type(data).__module__.startswith("cupy")
+
+
+_host_pool = HostPool()
+_pinned_pool: HostPool | None = None
+_copy_stream: Any = None
+_gpu_lock = threading.Lock()
+
+
+def stage(data: Any) -> tuple[Staged, HostPool]:
+    """Start copying ``data`` (NumPy or CuPy) into pipeline-owned host memory."""
+    if is_device_array(data):
+        return _stage_device(data)
+    src = np.asarray(data)
+    host = _host_pool.take(src.shape, src.dtype)
+    np.copyto(host, src)
+    return Staged(host), _host_pool
+
+
+def _stage_device(data: Any) -> tuple[Staged, HostPool]:
+    import cupy
+
+    global _pinned_pool, _copy_stream
+    with _gpu_lock:
+        if _pinned_pool is None:
+            _pinned_pool = HostPool(pinned=True)
+        if _copy_stream is None:
+            _copy_stream = cupy.cuda.Stream(non_blocking=True)
+        pool, stream = _pinned_pool, _copy_stream
+    produced = cupy.cuda.Event(disable_timing=True)
+    produced.record(cupy.cuda.get_current_stream())
+    stream.wait_event(produced)  # the copy starts only after the producer's work on `data`
+    host = pool.take(data.shape, np.dtype(data.dtype))
+    with stream:
+        contiguous = cupy.ascontiguousarray(data)
+        contiguous.get(stream=stream, out=host, blocking=False)
+    done = cupy.cuda.Event(disable_timing=True)
+    done.record(stream)
+    return Staged(host, done, (data, contiguous)), pool

@@ -134,6 +134,18 @@ def _flush_at_exit() -> None:
             print(f"xarray_zarrwrite: writes failed at exit: {e!r}", file=sys.stderr)
 
 
+def _register_exit_hook() -> None:
+    # Pending writes need thread pools (ours, zarr's, the loop's default executor), and
+    # `concurrent.futures` refuses new work once interpreter shutdown has begun: its own hook
+    # runs through `threading._register_atexit`, *before* plain `atexit` handlers. Ours must run
+    # earlier still, so it uses the same (private, but long-stable) hook, registered later.
+    register = getattr(threading, "_register_atexit", None)
+    if register is None:  # pragma: no cover
+        atexit.register(_flush_at_exit)
+    else:
+        register(_flush_at_exit)
+
+
 class StreamWriter:
     """Non-blocking, bounded-memory region writes into a template.
 
@@ -186,7 +198,7 @@ class StreamWriter:
         self._closed = False
         _live.add(self)
         if not _atexit_registered:
-            atexit.register(_flush_at_exit)  # after zarr's own handler: runs before it
+            _register_exit_hook()
             _atexit_registered = True
 
     # -- public API ---------------------------------------------------------------------------

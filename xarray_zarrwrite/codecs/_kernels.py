@@ -37,9 +37,10 @@ An encoded chunk is a 40-byte little-endian header followed by the payload::
 
 Quantisation
 ------------
-A finite value ``x`` gets the code ``q = trunc((x - reference) * (1 / scale) + 0.5)``
-(IEEE float64, each operation rounded separately; the division ``(x - reference) / scale``
-replaces the product when ``1 / scale`` overflows) and decodes to
+A finite value ``x`` gets the code ``q = trunc((x - offset) * (1 / scale))`` with
+``offset = reference - scale / 2`` (IEEE float64, each operation rounded separately; the
+division ``(x - offset) / scale`` replaces the product when ``1 / scale`` overflows), that is
+``x`` rounded to the nearest step, and decodes to
 ``float64(q) * scale + reference``, rounded once to the array's dtype (float16 through
 float32). ``reference`` is the chunk's finite minimum, so codes are never negative, and codes
 never exceed the code of the finite maximum, so nothing wraps around. NaN, +inf and -inf,
@@ -49,9 +50,11 @@ order (only the ones present are reserved).
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
 import sys
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -60,7 +63,7 @@ import numpy as np
 from xarray_zarrwrite.errors import CodecError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from numpy.typing import ArrayLike, DTypeLike, NDArray
 
@@ -179,52 +182,102 @@ def parse_options(
 # --------------------------------------------------------------------------------------------
 
 
-def _group(nbits: int) -> tuple[int, int]:
-    """Return ``(values, words)`` of the smallest run of values filling whole uint32 words."""
-    g = 32 // math.gcd(nbits, 32)
-    return g, g * nbits // 32
+@functools.cache
+def _layout(
+    nbits: int,
+) -> tuple[int, int, tuple[tuple[int, int, tuple[tuple[int, int], ...]], ...]]:
+    """Byte-group plan of a generic width.
+
+    ``k`` consecutive values fill exactly ``B`` bytes (``B <= 8`` where possible). The group is
+    written as little-endian words of 8/4/2/1 bytes at fixed byte offsets; each word is the OR
+    of the shifted slots overlapping it. Returns ``(B, k, words)`` with ``words`` a tuple of
+    ``(offset, size, ((slot, shift), ...))``; a positive shift is a left shift of the slot
+    into the word, a negative one a right shift.
+    """
+    b0 = math.lcm(nbits, 8) // 8
+    k0 = b0 * 8 // nbits
+    mult = max(1, 8 // b0)
+    nbytes, k = b0 * mult, k0 * mult
+    words = []
+    o = 0
+    while o < nbytes:
+        size = next(z for z in (8, 4, 2, 1) if nbytes - o >= z)
+        lo, hi = 8 * o, 8 * (o + size)
+        slots = tuple(
+            (j, j * nbits - lo) for j in range(k) if j * nbits < hi and (j + 1) * nbits > lo
+        )
+        words.append((o, size, slots))
+        o += size
+    return nbytes, k, tuple(words)
 
 
-def _pack_words(codes: NDArray[np.uint32], nbits: int) -> NDArray[np.uint32]:
-    """Pack ``codes`` (length a multiple of the group size) into uint32 words."""
-    g, w = _group(nbits)
-    ng = codes.size // g
-    cols = np.ascontiguousarray(codes.reshape(ng, g).T)  # (g, ng): contiguous per slot
-    words = np.zeros((w, ng), dtype=np.uint32)
-    tmp = np.empty(ng, dtype=np.uint32)
-    for j in range(g):
-        bit = j * nbits
-        m, s = bit >> 5, bit & 31
-        if s == 0:
-            np.bitwise_or(words[m], cols[j], out=words[m])
-        else:
-            np.left_shift(cols[j], s, out=tmp)
-            np.bitwise_or(words[m], tmp, out=words[m])
-        if s + nbits > 32:
-            np.right_shift(cols[j], 32 - s, out=tmp)
-            np.bitwise_or(words[m + 1], tmp, out=words[m + 1])
-    return np.ascontiguousarray(words.T).reshape(-1)
+_WORD_DTYPES: Final = {
+    1: np.dtype("u1"),
+    2: np.dtype("<u2"),
+    4: np.dtype("<u4"),
+    8: np.dtype("<u8"),
+}
 
 
-def _unpack_words(words: NDArray[np.uint32], nbits: int, out: NDArray[np.uint32]) -> None:
-    """Inverse of :func:`_pack_words`; ``out.size`` is a multiple of the group size."""
-    g, w = _group(nbits)
-    ng = out.size // g
-    rows = np.ascontiguousarray(words.reshape(ng, w).T)  # (w, ng)
-    cols = np.empty((g, ng), dtype=np.uint32)
-    tmp = np.empty(ng, dtype=np.uint32)
-    mask = np.uint32((1 << nbits) - 1)
-    for j in range(g):
-        bit = j * nbits
-        m, s = bit >> 5, bit & 31
-        c = cols[j]
-        np.right_shift(rows[m], s, out=c)
-        if s + nbits > 32:
-            np.left_shift(rows[m + 1], 32 - s, out=tmp)
-            np.bitwise_or(c, tmp, out=c)
-        if nbits < 32:
-            np.bitwise_and(c, mask, out=c)
-    out.reshape(ng, g)[...] = cols.T
+def _word_view(buf: NDArray[np.uint8], offset: int, size: int, stride: int, n: int) -> NDArray:
+    """Strided (possibly unaligned) view of ``n`` little-endian words inside ``buf``."""
+    return np.ndarray((n,), dtype=_WORD_DTYPES[size], buffer=buf, offset=offset, strides=(stride,))
+
+
+def _pack_groups(codes: NDArray[np.uint32], nbits: int, out: NDArray[np.uint8]) -> None:
+    """Pack ``codes`` (a whole number of groups) into ``out`` (exactly their bytes)."""
+    nbytes, k, words = _layout(nbits)
+    ng = codes.size // k
+    if ng == 0:
+        return
+    acc = np.empty(ng, dtype=np.uint64)
+    tmp = np.empty(ng, dtype=np.uint64)
+    for offset, size, slots in words:
+        for i, (j, shift) in enumerate(slots):
+            dst = acc if i == 0 else tmp
+            src = codes[j::k]
+            if shift > 0:
+                np.left_shift(src, shift, out=dst, dtype=np.uint64)
+            elif shift < 0:
+                np.right_shift(src, -shift, out=dst, dtype=np.uint64)
+            else:
+                np.copyto(dst, src)
+            if i:
+                np.bitwise_or(acc, tmp, out=acc)
+        np.copyto(_word_view(out, offset, size, nbytes, ng), acc, casting="unsafe")
+
+
+def _unpack_groups(
+    buf: NDArray[np.uint8], nbits: int, ng: int, sink: Callable[[int, NDArray[np.uint64]], None]
+) -> None:
+    """Inverse of :func:`_pack_groups`: ``sink(j, values)`` receives slot ``j`` of all groups."""
+    nbytes, k, words = _layout(nbits)
+    if ng == 0:
+        return
+    loaded = [
+        (np.asarray(_word_view(buf, offset, size, nbytes, ng), dtype=np.uint64), size, slots)
+        for offset, size, slots in words
+    ]
+    parts: dict[int, list[tuple[NDArray[np.uint64], int]]] = {}
+    for word, _, slots in loaded:
+        for j, shift in slots:
+            parts.setdefault(j, []).append((word, shift))
+    mask = np.uint64((1 << nbits) - 1)
+    val = np.empty(ng, dtype=np.uint64)
+    tmp = np.empty(ng, dtype=np.uint64)
+    for j in range(k):
+        for i, (word, shift) in enumerate(parts[j]):
+            dst = val if i == 0 else tmp
+            if shift > 0:
+                np.right_shift(word, shift, out=dst)
+            elif shift < 0:
+                np.left_shift(word, -shift, out=dst)
+            else:
+                np.copyto(dst, word)
+            if i:
+                np.bitwise_or(val, tmp, out=val)
+        np.bitwise_and(val, mask, out=val)
+        sink(j, val)
 
 
 def _packed_nbytes(count: int, nbits: int) -> int:
@@ -232,56 +285,49 @@ def _packed_nbytes(count: int, nbits: int) -> int:
 
 
 def _pack_into(codes: NDArray[np.unsignedinteger], nbits: int, out: NDArray[np.uint8]) -> None:
-    """Pack ``codes`` into ``out`` (exactly ``ceil(codes.size * nbits / 8)`` bytes)."""
+    """Pack valid codes into ``out`` (exactly ``ceil(codes.size * nbits / 8)`` bytes)."""
     n = codes.size
     if nbits == 0 or n == 0:
         return
-    if nbits == 8:
-        np.copyto(out, codes, casting="unsafe")
-    elif nbits == 16:
-        np.copyto(out.view("<u2"), codes, casting="unsafe")
-    elif nbits == 32:
-        np.copyto(out.view("<u4"), codes, casting="unsafe")
-    elif nbits == 24:
-        c = np.asarray(codes, dtype="<u4")
-        out.reshape(n, 3)[...] = c.view(np.uint8).reshape(n, 4)[:, :3]
-    else:
-        g, _ = _group(nbits)
-        full = n - n % g
-        if full:
-            nb = full * nbits // 8
-            out[:nb] = _pack_words(np.asarray(codes[:full], dtype=np.uint32), nbits).view(np.uint8)
-        if full < n:
-            tail = np.zeros(g, dtype=np.uint32)
-            tail[: n - full] = codes[full:]
-            nb = full * nbits // 8
-            out[nb:] = _pack_words(tail, nbits).view(np.uint8)[: out.size - nb]
+    if nbits in (8, 16, 32):
+        np.copyto(out.view(_WORD_DTYPES[nbits // 8]), codes, casting="unsafe")
+        return
+    nbytes, k, _ = _layout(nbits)
+    codes = np.asarray(codes, dtype=np.uint32)
+    full = n - n % k
+    nb = full // k * nbytes
+    _pack_groups(codes[:full], nbits, out[:nb])
+    if full < n:
+        tail = np.zeros(k, dtype=np.uint32)
+        tail[: n - full] = codes[full:]
+        group = np.zeros(nbytes, dtype=np.uint8)
+        _pack_groups(tail, nbits, group)
+        out[nb:] = group[: out.size - nb]
 
 
-def _unpack_block(
-    buf: NDArray[np.uint8], nbits: int, count: int
-) -> NDArray[np.uint8] | NDArray[np.uint16] | NDArray[np.uint32]:
-    """Unpack ``count`` codes from exactly ``ceil(count * nbits / 8)`` bytes (fast paths kept
-    in their narrow dtype; may return a read-only view of ``buf``)."""
+def _unpack_into(
+    buf: NDArray[np.uint8], nbits: int, count: int, sink: Callable[[slice, NDArray], None]
+) -> None:
+    """Unpack ``count`` codes from exactly their bytes; ``sink(index, codes)`` receives them
+    in pieces (``index`` a slice, possibly strided, of ``range(count)``)."""
+    if count == 0:
+        return
     if nbits == 0:
-        return np.zeros(count, dtype=np.uint8)
-    if nbits == 8:
-        return buf
-    if nbits == 16:
-        return buf.view("<u2")
-    if nbits == 32:
-        return buf.view("<u4")
-    if nbits == 24:
-        out32 = np.zeros((count, 4), dtype=np.uint8)
-        out32[:, :3] = buf.reshape(count, 3)
-        return out32.view("<u4").reshape(count)
-    g, w = _group(nbits)
-    ngroups = -(-count // g)
-    words = np.zeros(ngroups * w * 4, dtype=np.uint8)
-    words[: buf.size] = buf
-    out = np.empty(ngroups * g, dtype=np.uint32)
-    _unpack_words(words.view("<u4"), nbits, out)
-    return out[:count]
+        sink(slice(0, count), np.zeros(count, dtype=np.uint8))
+        return
+    if nbits in (8, 16, 32):
+        sink(slice(0, count), buf.view(_WORD_DTYPES[nbits // 8]))
+        return
+    nbytes, k, _ = _layout(nbits)
+    full = count - count % k
+    ng = full // k
+    _unpack_groups(buf, nbits, ng, lambda j, v: sink(slice(j, full, k), v))
+    if full < count:
+        group = np.zeros(nbytes, dtype=np.uint8)
+        group[: buf.size - ng * nbytes] = buf[ng * nbytes :]
+        tail = np.empty(k, dtype=np.uint64)
+        _unpack_groups(group, nbits, 1, lambda j, v: tail.__setitem__(j, v[0]))
+        sink(slice(full, count), tail[: count - full])
 
 
 def pack_bits(codes: ArrayLike, nbits: int) -> NDArray[np.uint8]:
@@ -290,8 +336,7 @@ def pack_bits(codes: ArrayLike, nbits: int) -> NDArray[np.uint8]:
     Parameters
     ----------
     codes : array_like of unsigned int
-        Codes, each ``< 2**nbits``; flattened in C order. Higher bits are not checked: they
-        are discarded for ``nbits`` not in (8, 16, 24, 32) and corrupt neighbours otherwise.
+        Codes, flattened in C order; bits above the lowest ``nbits`` are ignored.
     nbits : int
         Width, 0 to 32.
 
@@ -321,14 +366,12 @@ def pack_bits(codes: ArrayLike, nbits: int) -> NDArray[np.uint8]:
     if not (isinstance(nbits, (int, np.integer)) and 0 <= nbits <= 32):
         raise CodecError(f"nbits must be from 0 to 32; got {nbits!r}")
     nbits = int(nbits)
-    if nbits < 32 and c.dtype.itemsize > 4:
-        c = c & np.uint64((1 << nbits) - 1)
+    if c.dtype.itemsize * 8 > nbits:
+        c = c & c.dtype.type((1 << nbits) - 1)
     out = np.empty(_packed_nbytes(c.size, nbits), dtype=np.uint8)
     for s in range(0, c.size, BLOCK_SIZE):
         block = c[s : s + BLOCK_SIZE]
         b0 = s * nbits // 8
-        if nbits not in (8, 16, 24, 32) and block.dtype != np.uint32:
-            block = (block & np.uint64((1 << nbits) - 1)).astype(np.uint32)
         _pack_into(block, nbits, out[b0 : b0 + _packed_nbytes(block.size, nbits)])
     return out
 
@@ -370,7 +413,8 @@ def unpack_bits(buf: ArrayLike | bytes, nbits: int, count: int) -> NDArray[np.ui
     for s in range(0, count, BLOCK_SIZE):
         n = min(BLOCK_SIZE, count - s)
         b0 = s * nbits // 8
-        out[s : s + n] = _unpack_block(b[b0 : b0 + _packed_nbytes(n, nbits)], nbits, n)
+        dst = out[s : s + n]
+        _unpack_into(b[b0 : b0 + _packed_nbytes(n, nbits)], nbits, n, dst.__setitem__)
     return out
 
 
@@ -441,7 +485,7 @@ def _special_codes(flags: int, nbits: int) -> tuple[tuple[int, float], ...]:
 
 
 def _n_specials(flags: int) -> int:
-    return bin(flags & (FLAG_NAN | FLAG_POSINF | FLAG_NEGINF)).count("1")
+    return (flags & (FLAG_NAN | FLAG_POSINF | FLAG_NEGINF)).bit_count()
 
 
 def read_header(payload: ArrayLike | bytes) -> BitpackHeader:
@@ -462,12 +506,35 @@ def read_header(payload: ArrayLike | bytes) -> BitpackHeader:
         If the payload is truncated, has trailing bytes, or a header field is invalid.
     """
     b = _as_u8(payload)
-    if b.size < HEADER_SIZE:
+    return parse_header(b[:HEADER_SIZE].tobytes(), b.size)
+
+
+def parse_header(head: bytes, total_nbytes: int) -> BitpackHeader:
+    """Parse the first bytes ``head`` of an encoded chunk of ``total_nbytes`` bytes.
+
+    Parameters
+    ----------
+    head : bytes
+        At least the header (extra bytes are ignored).
+    total_nbytes : int
+        Length of the whole encoded chunk, checked against the header.
+
+    Returns
+    -------
+    BitpackHeader
+
+    Raises
+    ------
+    CodecError
+        If the chunk is truncated, has trailing bytes, or a header field is invalid.
+    """
+    if total_nbytes < HEADER_SIZE or len(head) < HEADER_SIZE:
         raise CodecError(
-            f"bitpack chunk truncated: {b.size} bytes is shorter than the {HEADER_SIZE}-byte header"
+            f"bitpack chunk truncated: {total_nbytes} bytes is shorter than the "
+            f"{HEADER_SIZE}-byte header"
         )
     (magic, version, flags, nbits, dtype_code, layout_code, width, reserved, anchor, count, ref,
-     scale) = _HEADER.unpack(b[:HEADER_SIZE].tobytes())  # fmt: skip
+     scale) = _HEADER.unpack(head[:HEADER_SIZE])  # fmt: skip
     if magic != MAGIC:
         raise CodecError(f"not a bitpack chunk: magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
@@ -494,8 +561,6 @@ def read_header(payload: ArrayLike | bytes) -> BitpackHeader:
         )
     if not (math.isfinite(ref) and math.isfinite(scale) and scale >= 0):
         raise CodecError(f"corrupted bitpack header: reference={ref!r}, scale={scale!r}")
-    if not math.isfinite(ref + ((1 << nbits) - 1) * scale):
-        raise CodecError("corrupted bitpack header: reference + scale * max code overflows")
     header = BitpackHeader(
         flags=flags,
         nbits=nbits,
@@ -507,7 +572,7 @@ def read_header(payload: ArrayLike | bytes) -> BitpackHeader:
         reference=ref,
         scale=scale,
     )
-    got = b.size - HEADER_SIZE
+    got = total_nbytes - HEADER_SIZE
     if got != header.payload_nbytes:
         raise CodecError(
             f"bitpack chunk of {count} values ({layout}, nbits={nbits}, width={width}) needs "
@@ -543,17 +608,40 @@ class QuantPlan:
     def specials(self) -> tuple[tuple[int, float], ...]:
         return _special_codes(self.flags, self.nbits)
 
+    @property
+    def offset(self) -> float:
+        """``reference - scale / 2``: truncating ``(x - offset) / scale`` rounds to nearest."""
+        return self.reference - 0.5 * self.scale
+
     def code_of(self, value: float) -> int:
         """Code of one finite value, with exactly the operations of the array kernels."""
         if self.scale == 0:
             return 0
-        d = value - self.reference
-        t = (d / self.scale if self.use_division else d * self.inverse) + 0.5
-        return int(t)
+        d = value - self.offset
+        return int(d / self.scale if self.use_division else d * self.inverse)
+
+
+def _half_ulp(dtype: type[np.floating], value: float) -> float:
+    """Half the spacing of ``dtype`` at ``value`` (its largest finite spacing beyond range)."""
+    finfo = np.finfo(dtype)
+    v = dtype(min(value, float(np.nextafter(finfo.max, 0, dtype=dtype))))
+    return float(np.spacing(v)) / 2
 
 
 def _ceil_log2(n: int) -> int:
     return (n - 1).bit_length() if n > 1 else 0
+
+
+def _check_arithmetic(plan: QuantPlan, vmax: float) -> QuantPlan:
+    """Reject plans whose float64 code arithmetic would overflow (ranges near 1.8e308)."""
+    d = vmax - plan.offset
+    t = d / plan.scale if plan.use_division else d * plan.inverse
+    if not (math.isfinite(d) and math.isfinite(t)):
+        raise CodecError(
+            f"the chunk's range ends at {vmax!r}, too close to the float64 limit for bitpack's "
+            "arithmetic; use lossless compression for such data"
+        )
+    return plan
 
 
 def plan_quantisation(
@@ -591,6 +679,8 @@ def plan_quantisation(
         If the finite range overflows float64 or ``max_error`` needs more than 32 bits.
     """
     nres = _n_specials(flags)
+    if max_error is not None:
+        flags |= FLAG_MAX_ERROR
     if math.isnan(vmin):  # no finite value (or empty chunk)
         return QuantPlan(flags, _ceil_log2(nres), 0.0, 0.0)
     span = vmax - vmin
@@ -605,31 +695,51 @@ def plan_quantisation(
         nbits = bits if (1 << bits) - nres >= 2 else _ceil_log2(2 + nres)
         top = (1 << nbits) - nres - 1  # highest finite code
         scale = max(span / top, 5e-324)
-        plan = QuantPlan(flags, nbits, vmin, scale)
-        while plan.code_of(vmax) > top:  # float rounding: never spill into reserved codes
-            plan = QuantPlan(flags, nbits, vmin, math.nextafter(plan.scale, math.inf))
+        plan = _check_arithmetic(QuantPlan(flags, nbits, vmin, scale), vmax)
+        for i in range(64):  # float rounding: never spill into the reserved codes
+            if plan.code_of(vmax) <= top:
+                break
+            scale = math.nextafter(scale, math.inf) if i < 8 else scale * (1 + 2.0**-40)
+            plan = _check_arithmetic(QuantPlan(flags, nbits, vmin, scale), vmax)
         return plan
     assert max_error is not None
     dt = np.dtype(dtype)
-    finfo = np.finfo(dt)
     maxabs = max(abs(vmin), abs(vmax))
-    with np.errstate(all="ignore"):
-        ulp = float(np.spacing(dt.type(min(maxabs + max_error, float(finfo.max)))))
-    if not math.isfinite(ulp):
-        ulp = float(np.spacing(dt.type(finfo.max)))  # pragma: no cover
-    # The decoded value is rounded once to dtype: either the error grows by at most half an
-    # ulp, or (x being representable) it at most doubles. Keep a float64 arithmetic margin.
+    minabs = 0.0 if vmin <= 0 <= vmax else min(abs(vmin), abs(vmax))
+    top = maxabs + max_error  # no decoded magnitude exceeds this
+    # E, the float64 error of code * scale + reference, is at most scale / 2 + margin. Each
+    # final rounding to a narrower type either adds half an ulp or, x itself being
+    # representable there, at most doubles the error; and when E is below a quarter of the
+    # spacing at x, the rounding returns x itself. Pick the best provable step.
     margin = 8 * _EPS64 * (span + maxabs + max_error)
-    if dt == np.float16:
-        margin += 2.0**-24 * (maxabs + max_error)  # decoding rounds through float32
-    half = max(max_error - ulp / 2, max_error / 2) - margin
+    snap = 1 - 2.0**-10  # strictly inside, so no rounding tie can go the wrong way
+    if dt == np.float64:
+        options = [max_error]
+    elif dt == np.float32:
+        hu32 = _half_ulp(np.float32, top)
+        options = [max_error - hu32, max_error / 2, _half_ulp(np.float32, minabs) / 2 * snap]
+    else:  # float16 decodes through float32
+        hu32, hu16 = _half_ulp(np.float32, top), _half_ulp(np.float16, top)
+        options = [
+            max_error - hu32 - hu16,
+            max_error / 2 - hu32,
+            max_error / 4,
+            _half_ulp(np.float16, minabs) / 4 * snap,
+        ]
+    half = max(options) - margin
     if half <= 0:
+        if span / (2 * max_error) >= 2**32:
+            raise CodecError(
+                f"max_error={max_error!r} is too small for a chunk spanning [{vmin!r}, "
+                f"{vmax!r}]: it needs more than 32 bits per value (at most 32); use a larger "
+                "max_error or smaller chunks"
+            )
         raise CodecError(
-            f"max_error={max_error!r} is below the floating-point resolution of values near "
+            f"max_error={max_error!r} is below the float64 arithmetic resolution of values near "
             f"{maxabs!r}; use a larger max_error or lossless compression"
         )
     scale = 2 * half / (1 << shrink)
-    plan = QuantPlan(flags | FLAG_MAX_ERROR, 0, vmin, scale)
+    plan = _check_arithmetic(QuantPlan(flags, 0, vmin, scale), vmax)
     nbits = _ceil_log2(plan.code_of(vmax) + 1 + nres)
     if nbits > 32:
         raise CodecError(
@@ -637,12 +747,24 @@ def plan_quantisation(
             f"it needs {nbits} bits per value (at most 32); use a larger max_error or smaller "
             "chunks"
         )
-    return QuantPlan(flags | FLAG_MAX_ERROR, nbits, vmin, scale)
+    return QuantPlan(flags, nbits, vmin, scale)
 
 
 # --------------------------------------------------------------------------------------------
 # encode
 # --------------------------------------------------------------------------------------------
+
+
+def special_flags(nan: bool, posinf: bool, neginf: bool, infinities: Infinities) -> int:
+    """Header flags of the special values present; raise if infinities are rejected."""
+    if infinities == "reject" and (posinf or neginf):
+        raise CodecError(
+            "chunk contains infinite values and the codec was built with infinities='reject'; "
+            "use infinities='preserve' or replace them first"
+        )
+    return (
+        (FLAG_NAN if nan else 0) | (FLAG_POSINF if posinf else 0) | (FLAG_NEGINF if neginf else 0)
+    )
 
 
 def _scan(x: NDArray[np.floating], infinities: Infinities) -> tuple[float, float, int]:
@@ -652,31 +774,26 @@ def _scan(x: NDArray[np.floating], infinities: Infinities) -> tuple[float, float
     vmin, vmax = float(x.min()), float(x.max())
     if math.isfinite(vmin) and math.isfinite(vmax):
         return vmin, vmax, 0
-    flags = 0
-    if np.isnan(x).any():
-        flags |= FLAG_NAN
-    if np.isposinf(x).any():
-        flags |= FLAG_POSINF
-    if np.isneginf(x).any():
-        flags |= FLAG_NEGINF
-    if infinities == "reject" and flags & (FLAG_POSINF | FLAG_NEGINF):
-        raise CodecError(
-            "chunk contains infinite values and the codec was built with infinities='reject'; "
-            "use infinities='preserve' or replace them first"
-        )
+    flags = special_flags(
+        bool(np.isnan(x).any()), bool(np.isposinf(x).any()), bool(np.isneginf(x).any()), infinities
+    )
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         return math.nan, math.nan, flags
     return float(finite.min()), float(finite.max()), flags
 
 
-class _Scratch:
-    """Reusable block temporaries."""
+class _Scratch(threading.local):
+    """Per-thread block temporaries, reused across calls (fresh ones would page-fault)."""
 
-    def __init__(self, n: int) -> None:
-        self.t = np.empty(n, dtype=np.float64)
-        self.u = np.empty(n, dtype=np.float64)
-        self.codes = np.empty(n, dtype=np.uint32)
+    def __init__(self) -> None:
+        self.t = np.empty(BLOCK_SIZE, dtype=np.float64)
+        self.u = np.empty(BLOCK_SIZE, dtype=np.float64)
+        self.y = np.empty(BLOCK_SIZE, dtype=np.float64)
+        self.codes = np.empty(BLOCK_SIZE, dtype=np.uint32)
+
+
+_scratch = _Scratch()
 
 
 def _quantise_block(
@@ -687,12 +804,11 @@ def _quantise_block(
     if plan.scale == 0:
         t[...] = 0.0
     else:
-        np.subtract(xb, plan.reference, out=t, dtype=np.float64)
+        np.subtract(xb, plan.offset, out=t, dtype=np.float64)
         if plan.use_division:
             np.divide(t, plan.scale, out=t)
         else:
             np.multiply(t, plan.inverse, out=t)
-        np.add(t, 0.5, out=t)
     specials = plan.specials
     if specials:
         for code, value in specials:
@@ -703,6 +819,7 @@ def _quantise_block(
 
 def _dequantise_block(
     codes: NDArray[np.unsignedinteger],
+    nbits: int,
     reference: float,
     scale: float,
     specials: Sequence[tuple[int, float]],
@@ -711,10 +828,25 @@ def _dequantise_block(
 ) -> None:
     """``out[...] = codes * scale + reference`` rounded once to ``out.dtype``; specials set."""
     t = t[: codes.size]
-    np.multiply(codes, scale, out=t)
-    np.add(t, reference, out=t)
+    with np.errstate(over="ignore"):
+        np.multiply(codes, scale, out=t)
+    _finish_block(t, nbits, reference, scale, specials, codes, out)
+
+
+def _finish_block(
+    t: NDArray[np.float64],
+    nbits: int,
+    reference: float,
+    scale: float,
+    specials: Sequence[tuple[int, float]],
+    codes: NDArray[np.unsignedinteger] | None,
+    out: NDArray[np.floating],
+) -> None:
+    """Second half of :func:`_dequantise_block`, given ``t = codes * scale``."""
+    with np.errstate(over="ignore"):  # clipped below; reserved codes are overwritten
+        np.add(t, reference, out=t)
     fmax = float(np.finfo(out.dtype).max)
-    hi = reference + ((1 << 32) - 1) * scale
+    hi = reference + ((1 << nbits) - 1) * scale
     if hi > fmax or reference < -fmax:  # values just beyond the dtype's range: clamp, no inf
         np.clip(t, -fmax, fmax, out=t)
     if out.dtype == np.float16:
@@ -725,6 +857,32 @@ def _dequantise_block(
         np.copyto(out, value, where=codes == code)
 
 
+def _dequantise_dense_block(
+    buf: NDArray[np.uint8],
+    header: BitpackHeader,
+    count: int,
+    out: NDArray[np.floating],
+    t: NDArray[np.float64],
+) -> None:
+    """Decode ``count`` densely packed values from ``buf`` (their exact bytes) into ``out``."""
+    nbits, specials, scale = header.nbits, header.specials, header.scale
+    t = t[:count]
+    natural = np.empty(count, dtype=np.uint32) if specials and nbits not in (8, 16, 32) else None
+    direct: list[NDArray] = []
+
+    def sink(index: slice, codes: NDArray) -> None:
+        with np.errstate(over="ignore"):
+            np.multiply(codes, scale, out=t[index])
+        if natural is not None:
+            natural[index] = codes
+        elif specials:
+            direct.append(codes)
+
+    _unpack_into(buf, nbits, count, sink)
+    codes = natural if natural is not None else (direct[0] if direct else None)
+    _finish_block(t, nbits, header.reference, scale, specials, codes, out)
+
+
 def _verify_block(
     xb: NDArray[np.floating],
     codes: NDArray[np.unsignedinteger],
@@ -733,23 +891,36 @@ def _verify_block(
     scratch: _Scratch,
 ) -> bool:
     """Whether every finite value of the block decodes within ``max_error``."""
-    y = np.empty(xb.size, dtype=xb.dtype)
-    _dequantise_block(codes, plan.reference, plan.scale, (), y, scratch.u)
-    d = scratch.u[: xb.size]
-    np.subtract(y, xb, out=d, dtype=np.float64)
+    n = xb.size
+    if n == 0:
+        return True
+    y = scratch.y.view(xb.dtype)[:n]
+    _dequantise_block(codes, plan.nbits, plan.reference, plan.scale, (), y, scratch.u)
+    nonfinite = ~np.isfinite(xb) if plan.flags & (FLAG_NAN | FLAG_POSINF | FLAG_NEGINF) else None
+    if xb.dtype != np.float64:
+        # cheap float32 check; its rounding can only hide an excess below 2**-22 relative
+        d32 = scratch.u.view(np.float32)[:n]
+        np.subtract(y, xb, out=d32, dtype=np.float32)
+        np.abs(d32, out=d32)
+        if nonfinite is not None:
+            np.copyto(d32, 0.0, where=nonfinite)
+        if float(d32.max()) <= max_error * (1 - 2.0**-22):
+            return True
+    d = scratch.u[:n]
+    np.subtract(y, xb, out=d, dtype=np.float64)  # exact for float16/float32 operands
     np.abs(d, out=d)
-    if plan.flags & (FLAG_NAN | FLAG_POSINF | FLAG_NEGINF):
-        np.copyto(d, 0.0, where=~np.isfinite(xb))
-    return bool(d.max() <= max_error) if d.size else True
+    if nonfinite is not None:
+        np.copyto(d, 0.0, where=nonfinite)
+    return bool(d.max() <= max_error)
 
 
 def _flatten(arr: ArrayLike) -> tuple[NDArray[np.floating], int]:
     a = np.asarray(arr)
     if a.dtype.kind != "f" or a.dtype.itemsize not in (2, 4, 8):
         raise CodecError(f"bitpack encodes float16/float32/float64 data; got dtype {a.dtype}")
-    flags = 0
-    if not a.dtype.isnative or (a.dtype.byteorder == "=" and sys.byteorder == "big"):
-        flags |= FLAG_BIG_ENDIAN if a.dtype.byteorder == ">" or sys.byteorder == "big" else 0
+    big = a.dtype.byteorder == ">" or (a.dtype.byteorder == "=" and sys.byteorder == "big")
+    flags = FLAG_BIG_ENDIAN if big else 0
+    if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
     return np.ascontiguousarray(a).reshape(-1), flags
 
@@ -779,7 +950,7 @@ def encode_chunk_u8(
     )
 
 
-def _header(plan: QuantPlan, dtype: np.dtype, count: int, layout: Layout, width: int = 0,
+def pack_header(plan: QuantPlan, dtype: np.dtype, count: int, layout: Layout, width: int = 0,
             anchor: int = 0) -> bytes:  # fmt: skip
     return _HEADER.pack(
         MAGIC, VERSION, plan.flags, plan.nbits, _DTYPE_CODES[np.dtype(dtype)],
@@ -792,12 +963,12 @@ def _encode_dense(
 ) -> NDArray[np.uint8] | None:
     n, nbits = x.size, plan.nbits
     out = np.empty(HEADER_SIZE + _packed_nbytes(n, nbits), dtype=np.uint8)
-    out[:HEADER_SIZE] = np.frombuffer(_header(plan, x.dtype, n, "dense"), dtype=np.uint8)
+    out[:HEADER_SIZE] = np.frombuffer(pack_header(plan, x.dtype, n, "dense"), dtype=np.uint8)
     if nbits == 0:
         return out
     payload = out[HEADER_SIZE:]
-    scratch = _Scratch(min(n, BLOCK_SIZE))
-    direct = {8: payload, 16: payload.view("<u2"), 32: payload.view("<u4")}.get(nbits)
+    scratch = _scratch
+    direct = payload.view(f"<u{nbits // 8}") if nbits in (8, 16, 32) else None
     for s in range(0, n, BLOCK_SIZE):
         xb = x[s : s + BLOCK_SIZE]
         t = _quantise_block(xb, plan, scratch.t)
@@ -818,7 +989,7 @@ def _encode_delta(
     x: NDArray[np.floating], plan: QuantPlan, max_error: float | None
 ) -> NDArray[np.uint8] | None:
     n = x.size
-    scratch = _Scratch(min(n, BLOCK_SIZE))
+    scratch = _scratch
     q = np.empty(n, dtype=np.uint32)
     for s in range(0, n, BLOCK_SIZE):
         xb = x[s : s + BLOCK_SIZE]
@@ -832,7 +1003,7 @@ def _encode_delta(
     width = (zmax.bit_length() + 7) // 8
     out = np.empty(HEADER_SIZE + n * width, dtype=np.uint8)
     out[:HEADER_SIZE] = np.frombuffer(
-        _header(plan, x.dtype, n, "delta", width, anchor), dtype=np.uint8
+        pack_header(plan, x.dtype, n, "delta", width, anchor), dtype=np.uint8
     )
     planes = out[HEADER_SIZE:].reshape(width, n)
     for k in range(width):
@@ -902,7 +1073,7 @@ def encode_chunk(
     >>> x = np.array([280.0, 280.5, np.nan, 281.0], dtype="float32")
     >>> blob = encode_chunk(x, max_error=0.01)
     >>> len(blob), read_header(blob).nbits
-    (47, 7)
+    (43, 6)
     >>> y = decode_chunk(blob, "float32", (4,))
     >>> bool(np.nanmax(np.abs(y - x)) <= 0.01), bool(np.isnan(y[2]))
     (True, True)
@@ -915,6 +1086,48 @@ def encode_chunk(
 # --------------------------------------------------------------------------------------------
 # decode
 # --------------------------------------------------------------------------------------------
+
+
+def check_expected(
+    header: BitpackHeader, dtype: DTypeLike | None, shape: Sequence[int] | int | None
+) -> tuple[int, ...] | None:
+    """Check a parsed header against the expected dtype and shape before allocating.
+
+    Parameters
+    ----------
+    header : BitpackHeader
+        Parsed header.
+    dtype : dtype or None
+        Expected dtype (byte order ignored).
+    shape : tuple of int, int or None
+        Expected shape. Without one, a chunk costing 0 payload bytes per value may claim at
+        most :data:`MAX_UNSHAPED_COUNT` values.
+
+    Returns
+    -------
+    tuple of int or None
+        The normalised shape.
+
+    Raises
+    ------
+    CodecError
+        On any mismatch.
+    """
+    if dtype is not None and np.dtype(dtype).newbyteorder("=") != header.dtype:
+        raise CodecError(f"bitpack chunk holds {header.dtype}, but {np.dtype(dtype)} was expected")
+    if shape is not None:
+        shape = (int(shape),) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        if math.prod(shape) != header.count:
+            raise CodecError(
+                f"bitpack chunk holds {header.count} values, but shape {shape} was expected"
+            )
+        return shape
+    if header.count > MAX_UNSHAPED_COUNT and header.payload_nbytes < header.count:
+        raise CodecError(
+            f"bitpack chunk claims {header.count} values in {header.payload_nbytes} payload "
+            f"bytes without an expected shape (limit {MAX_UNSHAPED_COUNT}): corrupted?"
+        )
+    return None
 
 
 def decode_chunk(
@@ -949,20 +1162,7 @@ def decode_chunk(
         If the payload is malformed, truncated or does not match ``dtype``/``shape``.
     """
     header = read_header(payload)
-    if dtype is not None and np.dtype(dtype).newbyteorder("=") != header.dtype:
-        raise CodecError(f"bitpack chunk holds {header.dtype}, but {np.dtype(dtype)} was expected")
-    if shape is not None:
-        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
-        expected = math.prod(shape)
-        if expected != header.count:
-            raise CodecError(
-                f"bitpack chunk holds {header.count} values, but shape {shape} was expected"
-            )
-    elif header.count > MAX_UNSHAPED_COUNT and header.payload_nbytes < header.count:
-        raise CodecError(
-            f"bitpack chunk claims {header.count} values in {header.payload_nbytes} payload "
-            f"bytes without an expected shape (limit {MAX_UNSHAPED_COUNT}): corrupted?"
-        )
+    shape = check_expected(header, dtype, shape)
     b = _as_u8(payload)[HEADER_SIZE:]
     n = header.count
     if out is None:
@@ -975,13 +1175,13 @@ def decode_chunk(
             )
         res = out.reshape(-1)
     specials = header.specials
-    t = np.empty(min(n, BLOCK_SIZE), dtype=np.float64)
+    t = _scratch.t
     if header.layout == "dense":
         for s in range(0, n, BLOCK_SIZE):
             m = min(BLOCK_SIZE, n - s)
             b0 = s * header.nbits // 8
-            codes = _unpack_block(b[b0 : b0 + _packed_nbytes(m, header.nbits)], header.nbits, m)
-            _dequantise_block(codes, header.reference, header.scale, specials, res[s : s + m], t)
+            nb = _packed_nbytes(m, header.nbits)
+            _dequantise_dense_block(b[b0 : b0 + nb], header, m, res[s : s + m], t)
     else:
         planes = b.reshape(header.width, n)
         carry = header.anchor
@@ -997,8 +1197,10 @@ def decode_chunk(
                 raise CodecError(
                     f"corrupted bitpack chunk: delta-decoded code exceeds 2**{header.nbits} - 1"
                 )
-            _dequantise_block(codes, header.reference, header.scale, specials, res[s : s + m], t)
-    if header.flags & FLAG_BIG_ENDIAN and out is None:
+            _dequantise_block(
+                codes, header.nbits, header.reference, header.scale, specials, res[s : s + m], t
+            )
+    if out is None and res.dtype != header.output_dtype:
         res = res.astype(header.output_dtype)
     if shape is not None:
         return res.reshape(shape)

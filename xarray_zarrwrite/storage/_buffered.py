@@ -22,11 +22,12 @@ import random
 import re
 import sys
 import threading
+import time
 import warnings
 import weakref
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar, cast
 
 import numpy as np
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
@@ -297,6 +298,9 @@ class _Op:
     store: Store  # the wrapped store to write through (the view's, which is writable)
 
 
+_GONE: Final = _Op(None, 0, 0, cast("Store", None))  # "deleted", for keys under a delete_dir
+
+
 @dataclass(frozen=True, slots=True)
 class _Failure:
     key: str
@@ -422,13 +426,19 @@ class _WriteBehind:
     # -- reads of the queue -------------------------------------------------------------------
 
     def lookup(self, key: str) -> _Op | None:
-        """The newest op of ``key`` not yet durable, if any."""
+        """The newest op of ``key`` not yet durable, if any; a delete if ``key`` is being
+        deleted by ``delete_dir``/``clear`` (and not written again since)."""
         op = self._queued.get(key)
-        return self._inflight.get(key) if op is None else op
+        if op is not None:
+            return op
+        if self.is_fenced(key):
+            return _GONE
+        return self._inflight.get(key)
 
     def pending_items(self) -> Iterable[tuple[str, _Op]]:
+        """Newest op of every key not yet durable (writes being deleted excluded)."""
         for key, op in self._inflight.items():
-            if key not in self._queued:
+            if key not in self._queued and not self.is_fenced(key):
                 yield key, op
         yield from self._queued.items()
 
@@ -705,13 +715,15 @@ def _flush_at_exit() -> None:
     """Write what is still queued when the interpreter exits, and report what failed.
 
     Registered after zarr's own atexit hook (we import zarr first), so it runs while zarr's IO
-    loop is still alive. Bounded by ``_EXIT_FLUSH_TIMEOUT_S`` per buffer: never hangs for good.
+    loop is still alive. Bounded by ``_EXIT_FLUSH_TIMEOUT_S`` in all: never hangs for good.
     """
+    deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT_S
     for core in list(_LIVE):
         if not (core.has_pending() or core.has_unreported()):
             continue
         try:
-            _zsync.sync(core.run(core.flush), timeout=_EXIT_FLUSH_TIMEOUT_S)
+            timeout = max(0.1, deadline - time.monotonic())
+            _zsync.sync(core.run(core.flush), timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - at exit, report instead of raising
             warnings.warn(
                 f"BufferedStore({core.where}) was not closed and could not write everything at "
@@ -820,7 +832,7 @@ class BufferedStore(WrapperStore[Store]):
     copy reads what this store wrote. A forked child process starts with an empty buffer too.
 
     **Exit.** Writes still queued at interpreter exit are flushed by an ``atexit`` hook (at most
-    60 s); failures then are reported as a ``RuntimeWarning``. Call ``close()`` instead.
+    60 s in all); failures then are reported as a ``RuntimeWarning``. Call ``close()`` instead.
 
     ``set_if_not_exists`` is not atomic with respect to other writers of the wrapped store.
 
@@ -1123,8 +1135,6 @@ class BufferedStore(WrapperStore[Store]):
             if op.value is None:
                 return None
             return prototype.buffer.from_buffer(_slice(op.value, byte_range))
-        if self._core.is_fenced(key):
-            return None
         return await self._core.read(self._store.get, key, prototype, byte_range)
 
     async def get_partial_values(
@@ -1147,7 +1157,7 @@ class BufferedStore(WrapperStore[Store]):
             if op is not None:
                 if op.value is not None:
                     results[i] = prototype.buffer.from_buffer(_slice(op.value, byte_range))
-            elif not self._core.is_fenced(key):
+            else:
                 positions.append(i)
                 requests.append((key, byte_range))
         if requests:
@@ -1171,8 +1181,6 @@ class BufferedStore(WrapperStore[Store]):
         op = self._core.lookup(key)
         if op is not None:
             return op.value is not None
-        if self._core.is_fenced(key):
-            return False
         return await self._core.read(self._store.exists, key)
 
     async def getsize(self, key: str) -> int:
@@ -1185,8 +1193,6 @@ class BufferedStore(WrapperStore[Store]):
             if op.value is None:
                 raise FileNotFoundError(key)
             return op.nbytes
-        if self._core.is_fenced(key):
-            raise FileNotFoundError(key)
         return await self._core.read(self._store.getsize, key)
 
     async def is_empty(self, prefix: str) -> bool:
@@ -1200,9 +1206,7 @@ class BufferedStore(WrapperStore[Store]):
         if _PARTIAL_FILE.search(key):
             return True
         op = self._core.lookup(key)
-        if op is not None:
-            return op.value is None
-        return self._core.is_fenced(key)
+        return op is not None and op.value is None
 
     async def _collect(self, iterator: AsyncIterator[str]) -> list[str]:
         return [key async for key in iterator]

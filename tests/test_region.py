@@ -275,3 +275,28 @@ def test_plan_writes_nothing(tmp_path, year):
     assert p.region["time"] == slice(31, 60)
     assert p.skipped == ("time", "lat", "lon")
     assert snapshot(path) == before
+
+
+def test_transient_store_faults_are_retried(year):
+    from xarray_zarrwrite.testing.faults import FaultyStore
+
+    base = MemoryStore()
+    make_template(year, base)
+    faulty = FaultyStore(base, rate=0.2, seed=3, ops=("set",))
+    with xzw.config.set({"retries": 10, "retry_backoff": 0.001}):
+        for month in months(year):
+            month.fastzarr.write_region(faulty)
+    assert faulty.faults_injected > 50
+    xr.testing.assert_identical(xr.open_zarr(base).load(), year)
+
+
+def test_permanent_store_fault_is_reported(year):
+    from xarray_zarrwrite.errors import WriteFailedError
+    from xarray_zarrwrite.testing.faults import FaultyStore
+
+    base = MemoryStore()
+    make_template(year, base)
+    faulty = FaultyStore(base, rate=0.0, permanent_keys=["tcwv/c/40/*"], ops=("set",))
+    with pytest.raises(WriteFailedError, match=r"'tcwv' at \[40:41") as e:
+        year.isel(time=slice(31, 60)).fastzarr.write_region(faulty)
+    assert isinstance(e.value.__cause__, PermissionError)

@@ -8,6 +8,7 @@ chunks each cost one round trip of store latency, not twenty.
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,7 @@ from ._region import chunk_blocks
 from .codecs.cf import check_packed_range
 from .config import config
 from .errors import RegionError, WriteFailedError
+from .storage._buffered import is_transient_error
 
 if TYPE_CHECKING:
     from zarr import AsyncArray
@@ -123,6 +125,7 @@ async def write_encoded(
         A chunk write failed; names the variable and the chunk's selection.
     """
     limit = _limit()
+    retries, backoff = int(config.get("retries")), float(config.get("retry_backoff"))
 
     async def put(w: EncodedWrite, block: tuple[slice, ...]) -> None:
         local = tuple(
@@ -130,12 +133,19 @@ async def write_encoded(
             for b, s in zip(block, w.selection, strict=True)
         )
         async with limit:
-            try:
-                await arrays[w.name].setitem(block, w.data[local])
-            except Exception as e:
-                raise WriteFailedError(
-                    f"writing {w.name!r} at {_fmt(block)} failed: {type(e).__name__}: {e}"
-                ) from e
+            for attempt in range(retries + 1):
+                try:
+                    await arrays[w.name].setitem(block, w.data[local])
+                    return
+                except Exception as e:
+                    if attempt < retries and is_transient_error(e):
+                        await asyncio.sleep(backoff * 2**attempt * (0.5 + random.random()))
+                        continue
+                    tries = f" after {attempt + 1} attempts" if attempt else ""
+                    raise WriteFailedError(
+                        f"writing {w.name!r} at {_fmt(block)} failed{tries}: "
+                        f"{type(e).__name__}: {e}"
+                    ) from e
 
     jobs = [put(w, b) for w in writes for b in chunk_blocks(w.selection, w.chunks)]
     results = await asyncio.gather(*jobs, return_exceptions=True)

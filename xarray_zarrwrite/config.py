@@ -19,6 +19,11 @@ config = Config(
             # Chunk writes (encode + store put) in flight at once, across all variables
             # and all concurrent region writes of this process.
             "concurrency": 64,
+            # Retries of a chunk write that failed with a transient error (connection reset,
+            # timeout, 5xx, throttling), with exponential backoff from retry_backoff seconds.
+            # Chunk writes are whole-object puts, so retrying is idempotent.
+            "retries": 3,
+            "retry_backoff": 0.1,
             # Target uncompressed chunk size for chunks="auto", in MiB.
             "target_chunk_mb": 8.0,
             # Compressor used by compression="default".

@@ -15,11 +15,15 @@ from .api import open_template as open_template
 from .api import plan as plan
 from .api import to_template as to_template
 from .api import write_region as write_region
+from .codecs import Bitpack as Bitpack
+from .codecs import BitpackCodec as BitpackCodec
 from .config import config as config
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Bitpack",
+    "BitpackCodec",
     "RegionWriteResult",
     "StreamWriter",
     "UnclosedWriterWarning",

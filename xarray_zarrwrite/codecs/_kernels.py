@@ -104,8 +104,12 @@ FLAG_BIG_ENDIAN: Final = 0x10
 _KNOWN_FLAGS: Final = 0x1F
 
 LAYOUT_CODES: Final = {"dense": 0, "delta": 1}
-_DTYPE_CODES: Final = {np.dtype("float16"): 1, np.dtype("float32"): 2, np.dtype("float64"): 3}
-_CODE_DTYPES: Final = {v: k for k, v in _DTYPE_CODES.items()}
+_DTYPE_CODES: Final[dict[np.dtype, int]] = {
+    np.dtype("float16"): 1,
+    np.dtype("float32"): 2,
+    np.dtype("float64"): 3,
+}
+_CODE_DTYPES: Final[dict[int, np.dtype]] = {v: k for k, v in _DTYPE_CODES.items()}
 
 #: Values processed per step of the block loops (multiple of 32; ~2 MiB float64 temporaries).
 BLOCK_SIZE: Final = 1 << 18
@@ -211,7 +215,7 @@ def _layout(
     return nbytes, k, tuple(words)
 
 
-_WORD_DTYPES: Final = {
+_WORD_DTYPES: Final[dict[int, np.dtype]] = {
     1: np.dtype("u1"),
     2: np.dtype("<u2"),
     4: np.dtype("<u4"),
@@ -277,7 +281,7 @@ def _unpack_groups(
             if i:
                 np.bitwise_or(val, tmp, out=val)
         np.bitwise_and(val, mask, out=val)
-        sink(j, val)
+        sink(j, val.view(np.int64))  # < 2**32: int64 converts to float faster than uint64
 
 
 def _packed_nbytes(count: int, nbits: int) -> int:
@@ -477,7 +481,7 @@ class BitpackHeader:
 
 def _special_codes(flags: int, nbits: int) -> tuple[tuple[int, float], ...]:
     top = (1 << nbits) - 1
-    out = []
+    out: list[tuple[int, float]] = []
     for flag, value in ((FLAG_NAN, math.nan), (FLAG_POSINF, math.inf), (FLAG_NEGINF, -math.inf)):
         if flags & flag:
             out.append((top - len(out), value))
@@ -706,7 +710,7 @@ def plan_quantisation(
     dt = np.dtype(dtype)
     maxabs = max(abs(vmin), abs(vmax))
     minabs = 0.0 if vmin <= 0 <= vmax else min(abs(vmin), abs(vmax))
-    top = maxabs + max_error  # no decoded magnitude exceeds this
+    ceiling = maxabs + max_error  # no decoded magnitude exceeds this
     # E, the float64 error of code * scale + reference, is at most scale / 2 + margin. Each
     # final rounding to a narrower type either adds half an ulp or, x itself being
     # representable there, at most doubles the error; and when E is below a quarter of the
@@ -716,10 +720,10 @@ def plan_quantisation(
     if dt == np.float64:
         options = [max_error]
     elif dt == np.float32:
-        hu32 = _half_ulp(np.float32, top)
+        hu32 = _half_ulp(np.float32, ceiling)
         options = [max_error - hu32, max_error / 2, _half_ulp(np.float32, minabs) / 2 * snap]
     else:  # float16 decodes through float32
-        hu32, hu16 = _half_ulp(np.float32, top), _half_ulp(np.float16, top)
+        hu32, hu16 = _half_ulp(np.float32, ceiling), _half_ulp(np.float16, ceiling)
         options = [
             max_error - hu32 - hu16,
             max_error / 2 - hu32,
@@ -964,10 +968,16 @@ def _encode_dense(
     n, nbits = x.size, plan.nbits
     out = np.empty(HEADER_SIZE + _packed_nbytes(n, nbits), dtype=np.uint8)
     out[:HEADER_SIZE] = np.frombuffer(pack_header(plan, x.dtype, n, "dense"), dtype=np.uint8)
-    if nbits == 0:
+    scratch = _scratch
+    if nbits == 0:  # every value is code 0 (a chunk narrower than one step): still verified
+        if max_error is not None and plan.scale > 0:
+            zeros = np.zeros(min(n, BLOCK_SIZE), dtype=np.uint8)
+            for s in range(0, n, BLOCK_SIZE):
+                xb = x[s : s + BLOCK_SIZE]
+                if not _verify_block(xb, zeros[: xb.size], plan, max_error, scratch):
+                    return None
         return out
     payload = out[HEADER_SIZE:]
-    scratch = _scratch
     direct = payload.view(f"<u{nbits // 8}") if nbits in (8, 16, 32) else None
     for s in range(0, n, BLOCK_SIZE):
         xb = x[s : s + BLOCK_SIZE]
@@ -1024,10 +1034,14 @@ def _zigzag_delta(q: NDArray[np.uint32], anchor: int) -> NDArray[np.uint32]:
 
 
 def _unzigzag_cumsum(z: NDArray[np.uint32], carry: int) -> NDArray[np.uint32]:
-    d = (z >> np.uint32(1)) ^ np.negative(z & np.uint32(1))
-    q = np.cumsum(d, dtype=np.uint32)
-    q += np.uint32(carry)
-    return q
+    """Inverse of :func:`_zigzag_delta` for one block (``z`` is consumed)."""
+    d = np.right_shift(z, np.uint32(1))
+    np.bitwise_and(z, np.uint32(1), out=z)
+    np.negative(z, out=z)
+    np.bitwise_xor(d, z, out=d)
+    np.cumsum(d, dtype=np.uint32, out=d)
+    d += np.uint32(carry)
+    return d
 
 
 def encode_chunk(
@@ -1188,9 +1202,14 @@ def decode_chunk(
         limit = 1 << header.nbits
         for s in range(0, n, BLOCK_SIZE):
             m = min(BLOCK_SIZE, n - s)
-            z = np.zeros(m, dtype=np.uint32)
+            z = _scratch.codes[:m]
+            z[...] = 0
+            tmp = _scratch.y.view(np.uint32)[:m]
             for k in range(header.width):
-                z |= planes[k, s : s + m].astype(np.uint32) << np.uint32(8 * k)
+                np.copyto(tmp, planes[k, s : s + m])
+                if k:
+                    np.left_shift(tmp, np.uint32(8 * k), out=tmp)
+                np.bitwise_or(z, tmp, out=z)
             codes = _unzigzag_cumsum(z, carry)
             carry = int(codes[-1])
             if header.nbits < 32 and int(codes.max()) >= limit:

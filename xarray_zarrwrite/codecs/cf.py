@@ -176,7 +176,9 @@ def check_packed_range(
     if var.chunks is not None:
         import dask.array as da
 
-        data = da.map_blocks(_check_block, var.data, name, vmin, vmax, on_out_of_range)
+        data = da.map_blocks(
+            _check_block, var.data, name, vmin, vmax, on_out_of_range, dtype=var.dtype
+        )
         return var.copy(deep=False, data=data)
     return var.copy(deep=False, data=_check_block(var.values, name, vmin, vmax, on_out_of_range))
 

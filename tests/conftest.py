@@ -6,6 +6,11 @@ import pytest
 
 import xarray_zarrwrite  # noqa: F401  (registers the accessor)
 from xarray_zarrwrite.testing.datasets import era5_like
+from xarray_zarrwrite.testing.fixtures import (  # noqa: F401  (pytest fixtures)
+    s3_endpoint,
+    s3_storage_options,
+    s3_url,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import xarray_zarrwrite  # noqa: F401
+import xarray_zarrwrite as xzw
 from xarray_zarrwrite.testing.datasets import era5_like
 
 
@@ -100,8 +100,8 @@ def test_dask_distributed_map_blocks(tmp_path, client):
     src = year.chunk(time=20)
 
     def write(block: xr.Dataset) -> xr.Dataset:
-
-        block.fastzarr.write_region(path)
+        # the module-level function: unpickling `write` on a worker imports xarray_zarrwrite
+        xzw.write_region(block, path)
         return block.isel(time=slice(0, 0)).reindex_like(block)
 
     xr.map_blocks(write, src, template=src).compute()

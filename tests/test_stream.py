@@ -197,3 +197,24 @@ def test_pending_writes_are_flushed_at_exit(tmp_path):
     assert "was not closed" in proc.stderr
     steps = era5_like("2000-01-01", 20, freq="h", nlat=8, nlon=16)
     xr.testing.assert_identical(xr.open_zarr(path).load(), steps)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("fault_rate", [0.0, 0.1])
+def test_stream_to_s3_through_buffered_store(s3_url, s3_storage_options, steps, fault_rate):
+    from zarr.storage import FsspecStore
+
+    from xarray_zarrwrite.testing.faults import FaultyStore
+
+    s3 = FsspecStore.from_url(s3_url, storage_options=s3_storage_options)
+    template(steps, s3)
+    faulty = FaultyStore(s3, rate=fault_rate, seed=7, ops=("set",))
+    with xzw.BufferedStore(faulty, max_buffer_mb=1, retries=8) as store:
+        with xzw.StreamWriter(store, max_inflight_mb=1) as writer:
+            for i in range(48):
+                writer.write(steps.isel(time=[i]))
+        store.flush_sync()
+    if fault_rate:
+        assert faulty.faults_injected > 0
+    plain = FsspecStore.from_url(s3_url, storage_options=s3_storage_options, read_only=True)
+    xr.testing.assert_identical(xr.open_zarr(plain).load(), steps)

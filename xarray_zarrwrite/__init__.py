@@ -18,12 +18,14 @@ from .api import write_region as write_region
 from .codecs import Bitpack as Bitpack
 from .codecs import BitpackCodec as BitpackCodec
 from .config import config as config
+from .storage import BufferedStore as BufferedStore
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Bitpack",
     "BitpackCodec",
+    "BufferedStore",
     "RegionWriteResult",
     "StreamWriter",
     "UnclosedWriterWarning",

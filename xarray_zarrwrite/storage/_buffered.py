@@ -156,7 +156,7 @@ def is_transient_error(exc: BaseException) -> bool:
         if isinstance(exc, aiohttp.ClientConnectionError | aiohttp.ClientPayloadError):
             return True
         if isinstance(exc, aiohttp.ClientResponseError):
-            return exc.status >= 500 or exc.status == 429
+            return bool(exc.status >= 500 or exc.status == 429)
     if isinstance(exc, OSError):
         return exc.errno not in _PERMANENT_ERRNOS
     return False
@@ -179,7 +179,7 @@ def _owned(value: Buffer) -> Buffer:
             base = base.base
         if isinstance(base, bytes):
             return value
-    return type(value).from_array_like(data.copy())
+    return type(value).from_array_like(cast("Any", data).copy())  # a cupy array stays on device
 
 
 def _slice(value: Buffer, byte_range: ByteRequest | None) -> Buffer:
@@ -263,7 +263,8 @@ class BufferedStoreStats:
     deletes
         Successful ``delete`` calls on the wrapped store.
     coalesced
-        Queued writes replaced by a newer write of the same key before being written.
+        Queued writes superseded before being written (by a newer write of the same key, or
+        by ``delete_dir``/``clear``).
     retries
         Retried operations on the wrapped store (transient errors).
     failures
@@ -346,9 +347,10 @@ class _WriteBehind:
     ``failed_keys``) and is guarded by ``_lock``.
     """
 
-    def __init__(self, config: _BufferConfig, where: str) -> None:
+    def __init__(self, config: _BufferConfig, where: str, *, write_through: bool = False) -> None:
         self.config = config
         self.where = where
+        self.write_through = write_through
         self._lock = threading.Lock()
         self._rng = random.Random()
         self._unreported: list[_Failure] = []
@@ -369,7 +371,8 @@ class _WriteBehind:
         self._queued: dict[str, _Op] = {}  # insertion order == age order
         self._inflight: dict[str, _Op] = {}  # at most one op per key is being written
         self._fences: list[str] = []  # prefixes being deleted by delete_dir / clear
-        self._workers: set[asyncio.Task[None]] = set()
+        self._workers: set[asyncio.Task[None]] = set()  # strong references to the tasks
+        self._active_workers = 0
         self._space_waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._progress_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._buffered = 0
@@ -385,9 +388,11 @@ class _WriteBehind:
             return loop
         with self._lock:
             if pid != self._pid:
-                # A forked child: the parent's queue and failures are the parent's business.
+                # A forked child: the parent's queue and failures are the parent's business,
+                # and nothing would flush this copy before the child exits (os._exit).
                 self._unreported = []
                 self._failed = {}
+                self.write_through = True
             elif self._loop is not None and loop is not self._loop:
                 # zarr's loop was shut down under us: whatever was queued is lost; say so.
                 for key, op in {**self._inflight, **self._queued}.items():
@@ -528,12 +533,16 @@ class _WriteBehind:
     # -- writes -------------------------------------------------------------------------------
 
     async def put(self, key: str, value: Buffer | None, store: Store) -> None:
-        """Queue a write (``value``) or a delete (``None``) of ``key``; waits while full."""
+        """Queue a write (``value``) or a delete (``None``) of ``key``; waits while full.
+
+        In write-through mode, also waits until this op is durable, failed, or superseded by a
+        newer op of the same key.
+        """
         nbytes = 0 if value is None else len(value)
         await self._reserve(nbytes)
         try:
-            if value is not None:
-                value = _owned(value)
+            if value is not None and not self.write_through:
+                value = _owned(value)  # write-through callers wait: their buffer stays valid
         except BaseException:
             self._release(nbytes)
             raise
@@ -541,22 +550,30 @@ class _WriteBehind:
         if old is not None:
             # Coalesce: the newer value replaces the queued one in place (keeping its age, so
             # a flush() that was waiting for the older value now waits for this one).
-            self._queued[key] = _Op(value, nbytes, old.first_seq, store)
+            op = self._queued[key] = _Op(value, nbytes, old.first_seq, store)
             self._coalesced += 1
             self._release(old.nbytes)
+            self._progress()
         else:
             self._seq += 1
-            self._queued[key] = _Op(value, nbytes, self._seq, store)
+            op = self._queued[key] = _Op(value, nbytes, self._seq, store)
         self._bytes_queued += nbytes
         _LIVE.add(self)
         self._kick()
+        if self.write_through:
+            await self._wait_until(
+                lambda: self._queued.get(key) is not op and self._inflight.get(key) is not op
+            )
 
     def _kick(self) -> None:
         """Start flusher tasks, up to ``concurrency``, while there is queued work."""
         loop = self._loop
         assert loop is not None
         wanted = min(self.config.concurrency, len(self._queued))
-        while len(self._workers) < wanted:
+        while self._active_workers < wanted:
+            # Counted here and uncounted by the worker in the same step in which it finds the
+            # queue empty: a finished task waiting for its done-callback is never counted.
+            self._active_workers += 1
             task = loop.create_task(self._worker())
             self._workers.add(task)
             task.add_done_callback(self._workers.discard)
@@ -569,6 +586,12 @@ class _WriteBehind:
         return None
 
     async def _worker(self) -> None:
+        try:
+            await self._work()
+        finally:
+            self._active_workers -= 1
+
+    async def _work(self) -> None:
         while (picked := self._pick()) is not None:
             key, op = picked
             self._inflight[key] = op
@@ -710,12 +733,13 @@ class _WriteBehind:
         )
 
 
-@atexit.register
 def _flush_at_exit() -> None:
     """Write what is still queued when the interpreter exits, and report what failed.
 
-    Registered after zarr's own atexit hook (we import zarr first), so it runs while zarr's IO
-    loop is still alive. Bounded by ``_EXIT_FLUSH_TIMEOUT_S`` in all: never hangs for good.
+    Runs as a *threading* exit hook when available: those run before ``concurrent.futures``
+    refuses new work (``LocalStore`` writes through ``asyncio.to_thread``) and before the plain
+    ``atexit`` hooks, among them zarr's, which stops the IO loop. Bounded by
+    ``_EXIT_FLUSH_TIMEOUT_S`` in all: never hangs for good.
     """
     deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT_S
     for core in list(_LIVE):
@@ -731,6 +755,10 @@ def _flush_at_exit() -> None:
                 RuntimeWarning,
                 stacklevel=1,
             )
+
+
+_register_exit_hook = getattr(threading, "_register_atexit", atexit.register)
+_register_exit_hook(_flush_at_exit)
 
 
 # --------------------------------------------------------------------------------------------
@@ -789,6 +817,10 @@ class BufferedStore(WrapperStore[Store]):
         :func:`is_transient_error`); ``retries=3`` makes at most 4 attempts.
     retry_backoff
         First retry delay in seconds; doubled at each retry (at most 30 s), with +-50 % jitter.
+    write_through
+        Make ``set`` and ``delete`` wait until their own write is durable (or failed, which they
+        then raise): no write-behind, but the same retries, coalescing, ordering and bounded
+        concurrency. Copies made by pickling, or inherited by a forked process, write through.
 
     Raises
     ------
@@ -827,9 +859,11 @@ class BufferedStore(WrapperStore[Store]):
     retried too.
 
     **Pickling** captures the wrapped store and the configuration only, so that dask workers can
-    use the store; the copy has an empty buffer of its own. When pickled from any thread but
-    zarr's IO thread, pending writes are flushed first (their failures are raised then), so the
-    copy reads what this store wrote. A forked child process starts with an empty buffer too.
+    use the store. When pickled from any thread but zarr's IO thread, pending writes are flushed
+    first (their failures are raised then), so the copy reads what this store wrote. The copy
+    has an empty buffer of its own and writes through (``write_through=True``): in a worker
+    process nothing would flush it before the task that wrote is reported done. A forked child
+    process likewise starts with an empty buffer and writes through.
 
     **Exit.** Writes still queued at interpreter exit are flushed by an ``atexit`` hook (at most
     60 s in all); failures then are reported as a ``RuntimeWarning``. Call ``close()`` instead.
@@ -859,11 +893,12 @@ class BufferedStore(WrapperStore[Store]):
         concurrency: int = 16,
         retries: int = 3,
         retry_backoff: float = 0.1,
+        write_through: bool = False,
     ) -> None:
         config = _parse_config(max_buffer_mb, concurrency, retries, retry_backoff)
         inner = _resolve_target(target, storage_options, read_only)
         super().__init__(inner)
-        self._core = _WriteBehind(config, str(inner))
+        self._core = _WriteBehind(config, str(inner), write_through=bool(write_through))
 
     @classmethod
     def _view(cls, store: Store, core: _WriteBehind) -> Self:
@@ -893,7 +928,8 @@ class BufferedStore(WrapperStore[Store]):
 
     def _with_store(self, store: Store) -> Self:
         # docstring inherited; a different wrapped store gets a buffer of its own
-        return self._view(store, _WriteBehind(self._core.config, str(store)))
+        core = _WriteBehind(self._core.config, str(store), write_through=self.write_through)
+        return self._view(store, core)
 
     def with_read_only(self, read_only: bool = False) -> Self:
         """A view of the same buffer on a copy of the wrapped store with the given ``read_only``.
@@ -925,9 +961,10 @@ class BufferedStore(WrapperStore[Store]):
 
     def __repr__(self) -> str:
         cfg = self._core.config
+        mode = ", write_through=True" if self.write_through else ""
         return (
             f"BufferedStore({self._store!r}, max_buffer_mb={cfg.max_buffer_bytes / _MIB:g}, "
-            f"concurrency={cfg.concurrency}, retries={cfg.retries})"
+            f"concurrency={cfg.concurrency}, retries={cfg.retries}{mode})"
         )
 
     def __getstate__(self) -> dict[str, Any]:
@@ -936,8 +973,10 @@ class BufferedStore(WrapperStore[Store]):
         return {"store": self._store, "config": self._core.config}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        # The copy usually lives in a dask worker, where nothing would flush it before the task
+        # that wrote is reported done: it writes through.
         WrapperStore.__init__(self, state["store"])
-        self._core = _WriteBehind(state["config"], str(state["store"]))
+        self._core = _WriteBehind(state["config"], str(state["store"]), write_through=True)
 
     # -- public extras ------------------------------------------------------------------------
 
@@ -950,6 +989,11 @@ class BufferedStore(WrapperStore[Store]):
     def concurrency(self) -> int:
         """Most writes in flight at once."""
         return self._core.config.concurrency
+
+    @property
+    def write_through(self) -> bool:
+        """Whether ``set`` and ``delete`` wait until their write is durable (see Notes)."""
+        return self._core.write_through
 
     @property
     def stats(self) -> BufferedStoreStats:
@@ -988,7 +1032,7 @@ class BufferedStore(WrapperStore[Store]):
         self._core.call_sync("flush_sync", self._core.flush, strict)
 
     async def aclose(self) -> None:
-        """Flush, then close the wrapped store.
+        """Flush, then close the wrapped store (a read-only view only closes its wrapped store).
 
         Raises
         ------
@@ -996,12 +1040,17 @@ class BufferedStore(WrapperStore[Store]):
             Background writes failed and were not reported before.
         """
         try:
-            await self.flush()
+            if not self.read_only:
+                await self.flush()
         finally:
             self._store.close()
 
     def close(self) -> None:
         """Flush (blocking), then close the wrapped store.
+
+        A read-only view (such as the copy zarr makes for ``mode="r"``, which xarray closes with
+        the dataset) only closes its wrapped store: readers do not wait for, or get the errors
+        of, the writers' queue.
 
         Raises
         ------
@@ -1011,6 +1060,9 @@ class BufferedStore(WrapperStore[Store]):
             Called on zarr's IO loop while writes are pending; use ``await store.aclose()``.
         """
         core = self._core
+        if self.read_only:
+            self._store.close()
+            return
         if core.on_loop_thread():
             if core.has_pending() or core.has_unreported():
                 raise RuntimeError(

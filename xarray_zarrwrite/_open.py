@@ -11,15 +11,17 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 import zarr
+from zarr import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+from zarr.storage import StorePath
 
 from ._encoding import cf_encoding
 from ._store import store_key
@@ -61,18 +63,23 @@ class TemplateInfo:
 
 
 _cache: dict[str, tuple[bytes, TemplateInfo]] = {}
+_WRITE_CONFIG = {"write_empty_chunks": True}
 _lock = threading.Lock()
 
 
-def _root_document(store: Store) -> bytes:
+async def _root_document_async(store: Store) -> bytes:
     proto = default_buffer_prototype()
     for key in _ROOT_KEYS:
-        buf = sync(store.get(key, prototype=proto))
+        buf = await store.get(key, prototype=proto)
         if buf is not None:
             return key.encode() + b"\0" + buf.to_bytes()
     raise TemplateNotFoundError(
         f"no Zarr template at {store}; create one first with ds.fastzarr.to_template(store)"
     )
+
+
+def _root_document(store: Store) -> bytes:
+    return sync(_root_document_async(store))
 
 
 def load_template(store: Store) -> TemplateInfo:
@@ -88,11 +95,53 @@ def load_template(store: Store) -> TemplateInfo:
     with _lock:
         hit = _cache.get(key)
     if hit is not None and hit[0] == root:
-        return hit[1]
+        return _bind(hit[1], store)
     info = _read_template(store, key)
     with _lock:
-        _cache[key] = (root, info)
+        _cache[key] = (root, _bind(info, None))
     return info
+
+
+class StaleTemplateError(Exception):
+    """The template changed since it was cached (internal: the caller reloads and re-plans)."""
+
+
+def load_template_optimistic(store: Store) -> tuple[TemplateInfo, Any]:
+    """The cached template (if any) at once, plus a coroutine function that verifies it.
+
+    Region writes plan and encode with the cached template while the verification read runs;
+    no chunk is stored before it succeeds. On a change it raises :class:`StaleTemplateError`
+    and the caller starts over with :func:`load_template`, so a replaced template is never
+    written with stale metadata, and an unchanged one costs no extra round trip.
+    """
+    key = store_key(store)
+    with _lock:
+        hit = _cache.get(key)
+    if hit is None:
+        return load_template(store), None
+    root, info = hit
+
+    async def verify() -> None:
+        if await _root_document_async(store) != root:
+            raise StaleTemplateError(key)
+
+    return _bind(info, store), verify
+
+
+def _bind(info: TemplateInfo, store: Store | None) -> TemplateInfo:
+    """The same template with its arrays bound to ``store`` (None: to no store, for the cache).
+
+    Two Store objects can point at the same place with different settings (credentials,
+    latency, fault injection): writes must always go through the caller's own store.
+    """
+    if store is None:
+        arrays = {name: z.metadata for name, z in info.zarr_arrays.items()}  # type: ignore[misc]
+        return replace(info, zarr_arrays=arrays)  # type: ignore[arg-type]
+    bound = {
+        name: zarr.Array(AsyncArray(meta, StorePath(store, name), config=_WRITE_CONFIG))
+        for name, meta in info.zarr_arrays.items()
+    }
+    return replace(info, zarr_arrays=bound)
 
 
 def _read_template(store: Store, key: str) -> TemplateInfo:
@@ -108,7 +157,7 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
         assert isinstance(z, zarr.Array)
         # every chunk we write is stored, even if all fill value, so a chunk object exists
         # exactly where data was written: that is what makes completeness checks exact
-        z = z.with_config({"write_empty_chunks": True})
+        z = z.with_config(_WRITE_CONFIG)
         zarrs[name] = z
         arrays[name] = ArrayInfo(
             name=name,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -9,12 +10,13 @@ import numpy as np
 import xarray as xr
 from zarr.core.sync import sync
 
-from ._open import load_template
+from ._open import StaleTemplateError, load_template, load_template_optimistic
 from ._region import chunk_pieces, plan_region
 from ._store import ensure_writable, resolve_store, store_key
 from ._stream import StreamWriter, WriteFuture
 from ._template import _as_dataset, open_template, to_template
 from ._write import RegionWriteResult, encode_for_template, encode_plan, write_encoded
+from .errors import ZarrWriteError
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -114,16 +116,42 @@ def write_region(
     ensure_writable(target)
     if not blocking:
         return _shared_writer(target, safe_chunks, on_out_of_range).write(ds, region=region)
-    info = load_template(target)
-    planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
-    if any(w.variable.chunks is not None for w in planned.writes):
-        return _write_dask(planned, info, on_out_of_range, compute)
-    import time
+    info, verify = load_template_optimistic(target)
+    try:
+        return _write_region(
+            ds, target, info, verify, region, safe_chunks, compute, on_out_of_range
+        )
+    except StaleTemplateError:  # the template was replaced: start over with the new one
+        info = load_template(target)
+        return _write_region(ds, target, info, None, region, safe_chunks, compute, on_out_of_range)
 
+
+def _write_region(
+    ds: xr.Dataset,
+    target: Store,
+    info: TemplateInfo,
+    verify: Any,
+    region: Mapping[str, Any] | str,
+    safe_chunks: bool,
+    compute: bool,
+    on_out_of_range: OnOutOfRange,
+) -> RegionWriteResult | Delayed:
+    if verify is not None:
+        try:
+            planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
+        except ZarrWriteError:
+            sync(verify())  # an error must not come from a stale template
+            raise
+    else:
+        planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
+    if any(w.variable.chunks is not None for w in planned.writes):
+        if verify is not None:
+            sync(verify())
+        return _write_dask(planned, info, on_out_of_range, compute)
     t0 = time.perf_counter()
     encoded = encode_plan(planned, info, on_out_of_range)
     arrays = {w.name: info.zarr_arrays[w.name]._async_array for w in encoded}
-    nchunks, nbytes = sync(write_encoded(encoded, arrays))
+    nchunks, nbytes = sync(write_encoded(encoded, arrays, verify))
     return RegionWriteResult(
         region=dict(planned.region),
         variables=tuple(w.name for w in encoded),

@@ -18,7 +18,7 @@ config = Config(
         {
             # Chunk writes (encode + store put) in flight at once, across all variables
             # and all concurrent region writes of this process.
-            "concurrency": 64,
+            "concurrency": 128,
             # Retries of a chunk write that failed with a transient error (connection reset,
             # timeout, 5xx, throttling), with exponential backoff from retry_backoff seconds.
             # Chunk writes are whole-object puts, so retrying is idempotent.

@@ -7,6 +7,11 @@ from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.fastzarr)
 from . import errors as errors
+from ._check import CheckReport as CheckReport
+from ._check import VariableCompleteness as VariableCompleteness
+from ._check import check as check
+from ._convert import ConvertReport as ConvertReport
+from ._convert import convert as convert
 from ._stream import StreamWriter as StreamWriter
 from ._stream import UnclosedWriterWarning as UnclosedWriterWarning
 from ._stream import WriteFuture as WriteFuture
@@ -26,6 +31,11 @@ __all__ = [
     "Bitpack",
     "BitpackCodec",
     "BufferedStore",
+    "CheckReport",
+    "ConvertReport",
+    "VariableCompleteness",
+    "check",
+    "convert",
     "RegionWriteResult",
     "StreamWriter",
     "UnclosedWriterWarning",

@@ -4,7 +4,9 @@ After a snapshot the caller may overwrite or free its arrays (GPU memory include
 CuPy differ only here, behind one small interface: :func:`stage` returns a :class:`Staged`
 whose :meth:`Staged.wait` blocks until the copy is complete and returns a host NumPy array.
 
-- NumPy: a copy into a buffer from a reusable host pool (no allocation per step once warm).
+- NumPy: a copy into a buffer from a reusable host pool (no allocation per step once warm),
+  made on a background copy thread (NumPy releases the GIL while copying), so the caller's
+  thread never pays for it; the caller must not modify its arrays before ``copied``.
 - CuPy: the device-to-host copy is issued on a side CUDA stream, ordered after the producer's
   current stream by an event, into pinned host memory from a reusable pool. The caller's thread
   only records the event and enqueues the copy: no synchronous pageable copy, no stall.
@@ -12,6 +14,7 @@ whose :meth:`Staged.wait` blocks until the copy is complete and returns a host N
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import threading
 from collections import defaultdict
 from dataclasses import dataclass
@@ -65,14 +68,16 @@ class Staged:
     """A copy in progress (or done) of one array into host memory owned by the pipeline."""
 
     host: np.ndarray
-    _event: Any = None  # cupy.cuda.Event recorded on the copy stream, or None when done
-    _source: Any = None  # keeps the device array alive until the copy is complete
+    _event: Any = None  # cupy Event on the copy stream, a Future of the host copy, or None
+    _source: Any = None  # keeps the source alive until the copy is complete
 
     def wait(self) -> np.ndarray:
         """Block until the copy is complete; return the host array."""
-        if self._event is not None:
+        if isinstance(self._event, cf.Future):
+            self._event.result()
+        elif self._event is not None:
             self._event.synchronize()
-            self._event = None
+        self._event = None
         self._source = None
         return self.host
 
@@ -94,8 +99,22 @@ def stage(data: Any) -> tuple[Staged, HostPool]:
         return _stage_device(data)
     src = np.asarray(data)
     host = _host_pool.take(src.shape, src.dtype)
-    np.copyto(host, src)
-    return Staged(host), _host_pool
+    if src.nbytes < _INLINE_BYTES:  # not worth a thread hop
+        np.copyto(host, src)
+        return Staged(host), _host_pool
+    return Staged(host, _copier().submit(np.copyto, host, src), src), _host_pool
+
+
+_INLINE_BYTES = 1 << 20
+_copy_pool: cf.ThreadPoolExecutor | None = None
+
+
+def _copier() -> cf.ThreadPoolExecutor:
+    global _copy_pool
+    with _gpu_lock:
+        if _copy_pool is None:
+            _copy_pool = cf.ThreadPoolExecutor(2, thread_name_prefix="xzw-copy")
+        return _copy_pool
 
 
 def _stage_device(data: Any) -> tuple[Staged, HostPool]:

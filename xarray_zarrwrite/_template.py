@@ -380,7 +380,8 @@ async def _stage(
         user = spec.encoding.get(name, {})
         if name in ds.indexes or (name in ds.coords and not extended & set(map(str, var.dims))):
             # coordinates that do not grow are written once, in full, with their values
-            values = _full_variable(var, name, full)
+            # loading may read lazily opened sources through zarr's own sync API: off the loop
+            values = await asyncio.to_thread(_full_variable, var, name, full)
             jobs.append(_create_coordinate(group, name, values, user, fmt))
         else:
             enc = {**cf_encoding(var.encoding), **packed.get(name, {}), **user}
@@ -439,7 +440,8 @@ async def _create_data_array(
     sample = var.isel({d: slice(0, 1) for d in var.dims}).copy(deep=False)
     sample.encoding = {k: v for k, v in enc.items() if k in CF_ENCODING_KEYS}
     try:
-        encoded = encode_variable(sample.load(), name, spec.zarr_format)
+        loaded = await asyncio.to_thread(sample.load)  # off the loop (lazy zarr sources)
+        encoded = encode_variable(loaded, name, spec.zarr_format)
     except (ValueError, TypeError, OverflowError) as e:
         raise TemplateError(f"cannot encode variable {name!r} with {sample.encoding}: {e}") from e
     codec_kwargs = {k: enc[k] for k in ZARR_ENCODING_KEYS if k in enc}

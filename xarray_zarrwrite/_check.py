@@ -1,0 +1,363 @@
+"""Completeness of an archive: which chunks of which variables were never written.
+
+Region writes store every chunk they write, even a chunk that holds nothing but the fill value
+(``write_empty_chunks=True``), so "the chunk object exists" means exactly "the chunk was
+written". :func:`check` lists the chunk objects of every data variable and reports the ones that
+are absent, as chunk indices and as coordinate ranges (time spans) a person can act on.
+
+Local stores write each chunk to a temporary ``<key>.<uuid>.partial`` file and rename it into
+place, so a write interrupted by a crash leaves such a file behind and never a truncated chunk:
+those files are reported as :attr:`CheckReport.stray` and never counted as written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+import numpy as np
+import pandas as pd
+from zarr.core.sync import sync
+from zarr.storage import LocalStore
+
+from ._open import load_template
+from ._store import resolve_store
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import zarr
+    from zarr.abc.store import Store
+
+    from ._open import TemplateInfo
+    from ._store import StoreLike
+
+__all__ = ["CheckReport", "VariableCompleteness", "check"]
+
+#: zarr's LocalStore writes ``<key-without-suffix>.<uuid4 hex>.partial`` and renames it.
+PARTIAL_FILE: Final = re.compile(r"\.[0-9a-f]{32}\.partial$")
+
+ChunkIndex = tuple[int, ...]
+LabelRange = tuple[Any, Any]
+
+
+@dataclass(frozen=True)
+class VariableCompleteness:
+    """Completeness of one variable.
+
+    Attributes
+    ----------
+    name
+        The variable.
+    dims, shape
+        Its dimensions and shape.
+    chunks
+        Shape of one stored object (the shard shape for sharded arrays).
+    total
+        Number of chunk objects the variable has when complete.
+    written
+        Number of chunk objects present.
+    missing_chunks
+        Chunk-grid indices of the absent objects, sorted.
+    missing
+        The absent data along ``range_dim`` as inclusive ``(first label, last label)`` ranges,
+        merged where adjacent (dates as ISO strings).
+    missing_index
+        The same ranges as ``(start, stop)`` positions along ``range_dim``.
+    range_dim
+        The dimension ``missing`` is expressed along (the time dimension when the variable has
+        one, else its first dimension); None for 0-d variables.
+    """
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    chunks: tuple[int, ...]
+    total: int
+    written: int
+    missing_chunks: tuple[ChunkIndex, ...]
+    missing: tuple[LabelRange, ...]
+    missing_index: tuple[tuple[int, int], ...]
+    range_dim: str | None
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk object of the variable exists."""
+        return self.written == self.total
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check` found.
+
+    Attributes
+    ----------
+    store
+        The store checked, as text.
+    variables
+        ``{name: VariableCompleteness}`` for every variable checked.
+    time_dim
+        The dimension missing data is reported along, when variables have it.
+    stray
+        Temporary files of interrupted writes (``*.partial``), which are never read as data.
+    """
+
+    store: str
+    variables: Mapping[str, VariableCompleteness]
+    time_dim: str | None
+    stray: tuple[str, ...] = ()
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk of every variable checked has been written."""
+        return all(v.complete for v in self.variables.values())
+
+    @property
+    def missing(self) -> dict[str, list[LabelRange]]:
+        """``{variable: [(first label, last label), ...]}`` of unwritten data, inclusive."""
+        return {n: list(v.missing) for n, v in self.variables.items() if not v.complete}
+
+    @property
+    def missing_chunks(self) -> dict[str, list[ChunkIndex]]:
+        """``{variable: [chunk index, ...]}`` of unwritten chunk objects."""
+        return {n: list(v.missing_chunks) for n, v in self.variables.items() if not v.complete}
+
+    @property
+    def written(self) -> int:
+        """Chunk objects present, over all variables checked."""
+        return sum(v.written for v in self.variables.values())
+
+    @property
+    def total(self) -> int:
+        """Chunk objects of a complete archive, over all variables checked."""
+        return sum(v.total for v in self.variables.values())
+
+    def summary(self) -> str:
+        """A few lines for people: one per variable, missing ranges included."""
+        state = "complete" if self.complete else "INCOMPLETE"
+        lines = [f"{self.store}: {state}, {self.written}/{self.total} chunks written"]
+        for v in self.variables.values():
+            line = f"  {v.name}: {v.written}/{v.total} chunks"
+            if not v.complete:
+                spans = ", ".join(f"{a} .. {b}" for a, b in v.missing[:8])
+                more = f" (+{len(v.missing) - 8} more)" if len(v.missing) > 8 else ""
+                line += f"; missing along {v.range_dim}: {spans}{more}"
+            lines.append(line)
+        if self.stray:
+            lines.append(
+                f"  {len(self.stray)} leftover temporary file(s) of interrupted writes "
+                f"(never read as data), e.g. {self.stray[0]}"
+            )
+        return "\n".join(lines)
+
+
+def check(
+    store: StoreLike,
+    *,
+    time_dim: str | None = "time",
+    variables: Iterable[str] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> CheckReport:
+    """Report which chunks of which variables of the archive in ``store`` are unwritten.
+
+    Exact even where written data equals the fill value: every chunk a region write stores
+    exists as an object, so an absent object is an unwritten chunk.
+
+    Parameters
+    ----------
+    store
+        Path, fsspec URL or zarr Store of an archive made by :func:`to_template` or
+        :func:`convert`.
+    time_dim
+        Dimension to express missing data along (variables without it use their first
+        dimension).
+    variables
+        Variables to check; default: every data variable.
+    storage_options
+        fsspec options for URLs.
+
+    Returns
+    -------
+    CheckReport
+
+    Raises
+    ------
+    TemplateNotFoundError
+        No archive at ``store``.
+    KeyError
+        ``variables`` names an array that is not in the archive.
+
+    Examples
+    --------
+    >>> status = check("era5.zarr")  # doctest: +SKIP
+    >>> status.complete, status.missing  # doctest: +SKIP
+    (False, {'t2m': [('2000-03-01', '2000-04-09')]})
+    """
+    target = resolve_store(store, storage_options=storage_options)
+    info = load_template(target)
+    if variables is None:
+        names = [n for n, a in info.arrays.items() if not a.is_coord]
+    else:
+        names = list(variables)
+        unknown = [n for n in names if n not in info.arrays]
+        if unknown:
+            raise KeyError(
+                f"{unknown} are not arrays of the archive (arrays: {sorted(info.arrays)})"
+            )
+    found, stray = existing_chunks(target, info, names)
+    out = {n: _completeness(info, n, found[n], time_dim) for n in names}
+    return CheckReport(store=str(target), variables=out, time_dim=time_dim, stray=tuple(stray))
+
+
+# -- chunk objects ----------------------------------------------------------------------------
+
+
+def object_chunks(arr: zarr.Array) -> tuple[int, ...]:
+    """Shape of one stored object of ``arr``: the shard shape if sharded, else the chunks."""
+    meta = arr.metadata
+    if meta.zarr_format == 2:
+        return tuple(int(c) for c in meta.chunks)
+    return tuple(int(c) for c in meta.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+
+
+def grid_shape(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
+    """Number of chunks along each dimension."""
+    return tuple(math.ceil(n / c) if n else 0 for n, c in zip(shape, chunks, strict=True))
+
+
+def _key_parser(arr: zarr.Array) -> Callable[[str], ChunkIndex | None]:
+    """A function from a key relative to the array to its chunk index (None if not a chunk)."""
+    meta = arr.metadata
+    ndim = len(arr.shape)
+    if meta.zarr_format == 2:
+        prefix, sep = "", meta.dimension_separator or "."  # type: ignore[attr-defined]
+    else:
+        enc = meta.chunk_key_encoding  # type: ignore[attr-defined]
+        sep = getattr(enc, "separator", "/")
+        prefix = "" if getattr(enc, "name", "default") == "v2" else "c"
+    zero_d = prefix or "0"
+
+    def parse(rest: str) -> ChunkIndex | None:
+        if ndim == 0:
+            return () if rest == zero_d else None
+        if prefix:
+            if not rest.startswith(prefix + sep):
+                return None
+            rest = rest[len(prefix) + len(sep) :]
+        parts = rest.split(sep)
+        if len(parts) != ndim or not all(p.isdigit() for p in parts):
+            return None
+        return tuple(int(p) for p in parts)
+
+    return parse
+
+
+def existing_chunks(
+    store: Store, info: TemplateInfo, names: Iterable[str]
+) -> tuple[dict[str, set[ChunkIndex]], list[str]]:
+    """Chunk indices present for each array in ``names``, and stray temporary files."""
+    names = list(names)
+    listed = sync(_list_all(store, names))
+    found: dict[str, set[ChunkIndex]] = {}
+    stray: list[str] = []
+    for name, keys in zip(names, listed, strict=True):
+        arr = info.zarr_arrays[name]
+        parse = _key_parser(arr)
+        grid = grid_shape(tuple(arr.shape), object_chunks(arr))
+        got: set[ChunkIndex] = set()
+        for key in keys:
+            if PARTIAL_FILE.search(key):
+                stray.append(key)
+                continue
+            idx = parse(key[len(name) + 1 :])
+            if idx is not None and all(i < g for i, g in zip(idx, grid, strict=True)):
+                got.add(idx)
+        found[name] = got
+    return found, sorted(stray)
+
+
+async def _list_all(store: Store, names: list[str]) -> list[list[str]]:
+    async def one(name: str) -> list[str]:
+        if isinstance(store, LocalStore):  # os.walk: several times faster than rglob
+            return await asyncio.to_thread(_walk, store.root, name)
+        return [k async for k in store.list_prefix(f"{name}/")]
+
+    return list(await asyncio.gather(*(one(n) for n in names)))
+
+
+def _walk(root: Path, name: str) -> list[str]:
+    base = os.path.join(root, name)
+    keys = []
+    for folder, _, files in os.walk(base):
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        keys.extend(f"{rel}/{f}" for f in files)
+    return keys
+
+
+# -- reporting ranges -------------------------------------------------------------------------
+
+
+def _completeness(
+    info: TemplateInfo, name: str, found: set[ChunkIndex], time_dim: str | None
+) -> VariableCompleteness:
+    arr = info.zarr_arrays[name]
+    a = info.arrays[name]
+    chunks = object_chunks(arr)
+    grid = grid_shape(a.shape, chunks)
+    total = math.prod(grid)
+    if len(found) == total:
+        missing_idx: list[ChunkIndex] = []
+    else:
+        missing_idx = [idx for idx in np.ndindex(*grid) if idx not in found]
+    range_dim = time_dim if time_dim in a.dims else (a.dims[0] if a.dims else None)
+    spans: list[tuple[int, int]] = []
+    if range_dim is not None and missing_idx:
+        axis = a.dims.index(range_dim)
+        blocks = sorted({idx[axis] for idx in missing_idx})
+        c, n = chunks[axis], a.shape[axis]
+        for b in blocks:
+            lo, hi = b * c, min((b + 1) * c, n)
+            if spans and spans[-1][1] == lo:
+                spans[-1] = (spans[-1][0], hi)
+            else:
+                spans.append((lo, hi))
+    fmt = label_formatter(info.indexes.get(range_dim) if range_dim else None)
+    labels = tuple((fmt(lo), fmt(hi - 1)) for lo, hi in spans)
+    return VariableCompleteness(
+        name=name,
+        dims=a.dims,
+        shape=a.shape,
+        chunks=chunks,
+        total=total,
+        written=total - len(missing_idx),
+        missing_chunks=tuple(missing_idx),
+        missing=labels,
+        missing_index=tuple(spans),
+        range_dim=range_dim,
+    )
+
+
+def label_formatter(index: pd.Index | None) -> Callable[[int], Any]:
+    """A function from a position along ``index`` to its label, for people.
+
+    Dates become ISO strings, without a time part when every label is at midnight; without an
+    index, positions are returned as they are.
+    """
+    if index is None:
+        return lambda i: i
+    if isinstance(index, pd.DatetimeIndex):
+        daily = bool((index.normalize() == index).all())
+        return lambda i: index[i].strftime("%Y-%m-%d") if daily else index[i].isoformat()
+
+    def label(i: int) -> Any:
+        value = index[i]
+        if hasattr(value, "isoformat"):  # cftime dates
+            return value.isoformat()
+        return value.item() if isinstance(value, np.generic) else value
+
+    return label

@@ -21,7 +21,7 @@ import xarray_zarrwrite as xzw
 from xarray_zarrwrite.testing.datasets import era5_like
 
 FAST, LONG = 3, 20
-STEPS = dict(start="2000-01-01", periods=40, freq="h", nlat=32, nlon=64)
+STEPS = {"start": "2000-01-01", "periods": 40, "freq": "h", "nlat": 32, "nlon": 64}
 
 STREAM_SCRIPT = """
 import sys, xarray_zarrwrite as xzw

@@ -9,6 +9,7 @@ claims arrays which are not there.
 from __future__ import annotations
 
 import asyncio
+import re
 import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -491,9 +492,23 @@ def _json_attr(value: Any) -> Any:
     return value
 
 
+_ROOT_DOCS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zmetadata", ".zarray"})
+_ARRAY_KEY = re.compile(r"^[^/]+/(zarr\.json|\.zarray|\.zattrs|c/[0-9/]+|[0-9.]+)$")
+
+
+async def _interrupted_publish(target: Store) -> bool:
+    """True when the target holds only array documents and chunks, and no root document.
+
+    That is what a publish killed before its last step (the root) leaves behind: nothing a
+    reader can open, safe to replace. Anything else (a root, or unrelated files) is kept.
+    """
+    keys = [k async for k in target.list()]
+    return bool(keys) and all(k not in _ROOT_DOCS and _ARRAY_KEY.match(k) for k in keys)
+
+
 async def _publish(staged: MemoryStore, target: Store, mode: str) -> None:
     if not await target.is_empty(""):
-        if mode == "w-":
+        if mode == "w-" and not await _interrupted_publish(target):
             raise StoreExistsError(
                 f"the target {target} already holds data; pass mode='w' to replace it"
             )

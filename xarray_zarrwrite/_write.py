@@ -84,6 +84,8 @@ def encode_for_template(
     var.attrs = {}
     var.encoding = dict(target.encoding)
     var = check_packed_range(name, var, target, on_out_of_range)
+    if _is_identity(var, target):
+        return var.data  # nothing to encode: no copy (the common float case)
     try:
         encoded = encode_variable(var, name, zarr_format)
     except (ValueError, TypeError, OverflowError) as e:
@@ -92,6 +94,20 @@ def encode_for_template(
     if data.dtype != target.stored_dtype:
         data = data.astype(target.stored_dtype)
     return data
+
+
+def _is_identity(var: xr.Variable, target: ArrayInfo) -> bool:
+    """True when CF encoding would return the values unchanged (floats stored as themselves)."""
+    enc = target.encoding
+    fill = enc.get("_FillValue")
+    return (
+        var.dtype.kind == "f"
+        and var.dtype == target.stored_dtype
+        and "scale_factor" not in enc
+        and "add_offset" not in enc
+        and "missing_value" not in enc
+        and (fill is None or (isinstance(fill, float | np.floating) and np.isnan(fill)))
+    )
 
 
 def encode_plan(

@@ -55,6 +55,7 @@ from zarr.core.sync import sync
 
 from ._check import existing_chunks, label_formatter, object_chunks
 from ._open import load_template
+from ._region import label_positions
 from ._store import ensure_writable, resolve_store
 from ._template import _as_dataset, _time_axis, to_template
 from .api import write_region
@@ -551,26 +552,11 @@ def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.n
                 f"{index[at]!r} vs {theirs[at]!r}); all sources must share the same grid"
             )
     times = schema.times
-    if times.hasnans:
-        raise RegionLabelError(f"source {src!r}: coordinate {time_dim!r} holds missing labels")
-    if not times.is_unique:
-        dup = times[times.duplicated()][0]
-        raise RegionLabelError(f"source {src!r}: label {dup!r} of {time_dim!r} appears twice")
-    try:
-        pos = ref.axis.get_indexer(times)
-    except (TypeError, ValueError) as e:
-        raise RegionLabelError(
-            f"source {src!r}: labels of {time_dim!r} ({times.dtype}) cannot be compared with "
-            f"{ref.what}'s ({ref.axis.dtype}): {e}"
-        ) from e
-    bad = np.flatnonzero(pos < 0)
-    if bad.size:
-        label = times[int(bad[0])]
-        raise RegionLabelError(
-            f"source {src!r}: label {label!r} of {time_dim!r} is not on the time axis of "
-            f"{ref.what} ({ref.axis[0]!r} .. {ref.axis[-1]!r}, {len(ref.axis)} steps"
-            f"{_freq_note(ref.axis)}); {len(bad)} of its {len(times)} labels are off the axis"
-        )
+    where = (
+        f"the time axis of {ref.what} ({ref.axis[0]!r} .. {ref.axis[-1]!r}, "
+        f"{len(ref.axis)} steps{_freq_note(ref.axis)})"
+    )
+    pos = label_positions(ref.axis, times, time_dim, prefix=f"source {src!r}: ", where=where)
     return pos
 
 

@@ -30,7 +30,14 @@ from .errors import (
 if TYPE_CHECKING:
     from ._open import ArrayInfo, TemplateInfo
 
-__all__ = ["RegionPlan", "VariableWrite", "chunk_blocks", "chunk_pieces", "plan_region"]
+__all__ = [
+    "RegionPlan",
+    "VariableWrite",
+    "chunk_blocks",
+    "chunk_pieces",
+    "label_positions",
+    "plan_region",
+]
 
 
 @dataclass(frozen=True)
@@ -229,29 +236,11 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
             f"data covers {n} of {size} elements; pass region={{{dim!r}: slice(start, stop)}}"
         )
     labels, axis = ds.indexes[dim], info.indexes[dim]
-    if labels.hasnans:
-        raise RegionLabelError(f"coordinate {dim!r} of the data holds missing labels (NaN/NaT)")
-    if not labels.is_unique:
-        dup = labels[labels.duplicated()][0]
-        raise RegionLabelError(f"label {dup!r} appears more than once in coordinate {dim!r}")
-    fast = _contiguous_run(axis, labels)
-    if fast is not None:
-        return fast
-    try:
-        pos = axis.get_indexer(labels)
-    except (TypeError, ValueError) as e:
-        raise RegionLabelError(
-            f"labels of {dim!r} ({labels.dtype}) cannot be compared with the template's "
-            f"({axis.dtype}): {e}"
-        ) from e
-    missing = np.flatnonzero(pos < 0)
-    if missing.size:
-        bad = labels[int(missing[0])]
-        raise RegionLabelError(
-            f"label {bad!r} of coordinate {dim!r} is not on the template's axis"
-            f"{_nearest(axis, bad)}; every label must be one of the template's "
-            f"({axis[0]!r} .. {axis[-1]!r}, {len(axis)} labels)"
-        )
+    if not labels.hasnans and labels.is_unique:
+        fast = _contiguous_run(axis, labels)
+        if fast is not None:
+            return fast
+    pos = label_positions(axis, labels, dim)
     steps = np.diff(pos)
     if (steps != 1).any():
         i = int(np.flatnonzero(steps != 1)[0])
@@ -267,6 +256,48 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
             "must be a contiguous run of template labels"
         )
     return slice(int(pos[0]), int(pos[0]) + n)
+
+
+def label_positions(
+    axis: pd.Index,
+    labels: pd.Index,
+    dim: str,
+    *,
+    prefix: str = "",
+    where: str = "the template's axis",
+) -> np.ndarray:
+    """Positions of ``labels`` on ``axis``; every label must be valid, unique and on the axis.
+
+    Raises
+    ------
+    RegionLabelError
+        Naming the first missing (NaN/NaT), duplicated or off-axis label, with the nearest
+        labels of the axis; ``prefix`` (e.g. the source file) starts the message.
+    """
+    if labels.hasnans:
+        raise RegionLabelError(f"{prefix}coordinate {dim!r} holds missing labels (NaN/NaT)")
+    if not labels.is_unique:
+        dup = labels[labels.duplicated()][0]
+        raise RegionLabelError(
+            f"{prefix}label {dup!r} appears more than once in coordinate {dim!r}"
+        )
+    try:
+        pos = axis.get_indexer(labels)
+    except (TypeError, ValueError) as e:
+        raise RegionLabelError(
+            f"{prefix}labels of {dim!r} ({labels.dtype}) cannot be compared with those of "
+            f"{where} ({axis.dtype}): {e}"
+        ) from e
+    missing = np.flatnonzero(pos < 0)
+    if missing.size:
+        bad = labels[int(missing[0])]
+        raise RegionLabelError(
+            f"{prefix}label {bad!r} of coordinate {dim!r} is not on {where}"
+            f"{_nearest(axis, bad)}; every label must be one of its labels "
+            f"({axis[0]!r} .. {axis[-1]!r}, {len(axis)} labels; {missing.size} of the "
+            f"{len(labels)} given are not)"
+        )
+    return pos
 
 
 def _contiguous_run(axis: pd.Index, labels: pd.Index) -> slice | None:

@@ -218,3 +218,17 @@ def test_stream_to_s3_through_buffered_store(s3_url, s3_storage_options, steps, 
         assert faulty.faults_injected > 0
     plain = FsspecStore.from_url(s3_url, storage_options=s3_storage_options, read_only=True)
     xr.testing.assert_identical(xr.open_zarr(plain).load(), steps)
+
+
+def test_one_off_writes_go_through_the_callers_own_store(steps):
+    base = MemoryStore()
+    template(steps, base)
+    assert steps.isel(time=[0]).fastzarr.write_region(base, blocking=False).result()
+    # another Store object on the same place, refusing writes: it must be the one used
+    refusing = FailingStore(base, "/c/")
+    fut = steps.isel(time=[1]).fastzarr.write_region(refusing, blocking=False)
+    with pytest.raises(WriteFailedError):
+        fut.result()
+    back = xr.open_zarr(base).isel(time=slice(0, 2)).load()
+    xr.testing.assert_identical(back.isel(time=[0]), steps.isel(time=[0]))
+    assert back.t2m.isel(time=1).isnull().all()

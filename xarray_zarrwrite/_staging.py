@@ -50,10 +50,6 @@ class HostPool:
         with self._lock:
             self._free[arr.nbytes].append(base)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._free.clear()
-
     def _allocate(self, nbytes: int) -> np.ndarray:
         if self._pinned:
             import cupy
@@ -90,7 +86,7 @@ def is_device_array(data: Any) -> bool:
 _host_pool = HostPool()
 _pinned_pool: HostPool | None = None
 _copy_stream: Any = None
-_gpu_lock = threading.Lock()
+_init_lock = threading.Lock()
 
 
 def stage(data: Any) -> tuple[Staged, HostPool]:
@@ -111,7 +107,7 @@ _copy_pool: cf.ThreadPoolExecutor | None = None
 
 def _copier() -> cf.ThreadPoolExecutor:
     global _copy_pool
-    with _gpu_lock:
+    with _init_lock:
         if _copy_pool is None:
             _copy_pool = cf.ThreadPoolExecutor(2, thread_name_prefix="xzw-copy")
         return _copy_pool
@@ -121,7 +117,7 @@ def _stage_device(data: Any) -> tuple[Staged, HostPool]:
     import cupy
 
     global _pinned_pool, _copy_stream
-    with _gpu_lock:
+    with _init_lock:
         if _pinned_pool is None:
             _pinned_pool = HostPool(pinned=True)
         if _copy_stream is None:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+from zarr.abc.store import Store
 from zarr.core.sync import sync
 
 from ._open import StaleTemplateError, load_template, load_template_optimistic
@@ -19,8 +20,9 @@ from ._write import RegionWriteResult, encode_for_template, encode_plan, write_e
 from .errors import ZarrWriteError
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from dask.delayed import Delayed
-    from zarr.abc.store import Store
 
     from ._open import TemplateInfo
     from ._region import RegionPlan
@@ -115,41 +117,39 @@ def write_region(
     target = resolve_store(store, storage_options=storage_options)
     ensure_writable(target)
     if not blocking:
-        return _shared_writer(target, safe_chunks, on_out_of_range).write(ds, region=region)
+        writer = _shared_writer(store, target, safe_chunks, on_out_of_range)
+        return writer.write(ds, region=region)
     info, verify = load_template_optimistic(target)
     try:
-        return _write_region(
-            ds, target, info, verify, region, safe_chunks, compute, on_out_of_range
-        )
+        return _write_region(ds, info, verify, region, safe_chunks, compute, on_out_of_range)
     except StaleTemplateError:  # the template was replaced: start over with the new one
         info = load_template(target)
-        return _write_region(ds, target, info, None, region, safe_chunks, compute, on_out_of_range)
+        return _write_region(ds, info, None, region, safe_chunks, compute, on_out_of_range)
 
 
 def _write_region(
     ds: xr.Dataset,
-    target: Store,
     info: TemplateInfo,
-    verify: Any,
+    verify: Callable[[], Awaitable[None]] | None,
     region: Mapping[str, Any] | str,
     safe_chunks: bool,
     compute: bool,
     on_out_of_range: OnOutOfRange,
 ) -> RegionWriteResult | Delayed:
-    if verify is not None:
-        try:
-            planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
-        except ZarrWriteError:
-            sync(verify())  # an error must not come from a stale template
-            raise
-    else:
+    """One attempt with ``info``; ``verify`` (if given) proves ``info`` current before writing."""
+    t0 = time.perf_counter()
+    try:
         planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
-    if any(w.variable.chunks is not None for w in planned.writes):
+        is_dask = any(w.variable.chunks is not None for w in planned.writes)
+        encoded = [] if is_dask else encode_plan(planned, info, on_out_of_range)
+    except ZarrWriteError:
+        if verify is not None:
+            sync(verify())  # the error must not come from a stale template
+        raise
+    if is_dask:
         if verify is not None:
             sync(verify())
         return _write_dask(planned, info, on_out_of_range, compute)
-    t0 = time.perf_counter()
-    encoded = encode_plan(planned, info, on_out_of_range)
     arrays = {w.name: info.zarr_arrays[w.name]._async_array for w in encoded}
     nchunks, nbytes = sync(write_encoded(encoded, arrays, verify))
     return RegionWriteResult(
@@ -164,10 +164,17 @@ def _write_region(
 _writers: dict[tuple[str, bool, str], StreamWriter] = {}
 
 
-def _shared_writer(target: Store, safe_chunks: bool, on_out_of_range: str) -> StreamWriter:
-    key = (store_key(target), safe_chunks, on_out_of_range)
+def _shared_writer(
+    store: StoreLike, target: Store, safe_chunks: bool, on_out_of_range: str
+) -> StreamWriter:
+    # Paths and URLs name a place: one writer serves every call with the same name. A Store
+    # object is its own thing (two stores on one place may differ in credentials, latency or
+    # fault injection), so it gets a writer of its own.
+    own = isinstance(store, Store)
+    name = f"object:{id(store)}" if own else store_key(target)
+    key = (name, safe_chunks, on_out_of_range)
     writer = _writers.get(key)
-    if writer is None or writer._closed:
+    if writer is None or writer._closed or (own and writer.store is not store):
         writer = _writers[key] = StreamWriter(
             target, safe_chunks=safe_chunks, on_out_of_range=on_out_of_range
         )

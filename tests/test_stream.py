@@ -232,3 +232,9 @@ def test_one_off_writes_go_through_the_callers_own_store(steps):
     back = xr.open_zarr(base).isel(time=slice(0, 2)).load()
     xr.testing.assert_identical(back.isel(time=[0]), steps.isel(time=[0]))
     assert back.t2m.isel(time=1).isnull().all()
+    # the shared writer still reports the failure once on the caller's thread at close
+    from xarray_zarrwrite.api import _writers
+
+    writer = next(w for w in _writers.values() if w.store is refusing)
+    with pytest.raises(WriteFailedError):
+        writer.close()

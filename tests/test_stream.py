@@ -10,12 +10,13 @@ import threading
 import numpy as np
 import pytest
 import xarray as xr
-from zarr.storage import LocalStore, MemoryStore, WrapperStore
-from zarr.testing.store import LatencyStore
+from zarr.storage import LocalStore, MemoryStore
 
 import xarray_zarrwrite as xzw
+from xarray_zarrwrite._compat import WrapperStore  # zarr 3.1-3.4 alike
 from xarray_zarrwrite.errors import RegionLabelError, WriteFailedError, ZarrWriteError
 from xarray_zarrwrite.testing.datasets import era5_like
+from xarray_zarrwrite.testing.latency import LatencyStore
 from xarray_zarrwrite.testing.snapshot import snapshot
 
 
@@ -178,7 +179,7 @@ def test_pending_writes_are_flushed_at_exit(tmp_path):
         f"""
         import xarray_zarrwrite as xzw
         from zarr.storage import LocalStore
-        from zarr.testing.store import LatencyStore
+        from xarray_zarrwrite.testing.latency import LatencyStore
         from xarray_zarrwrite.testing.datasets import era5_like
         steps = era5_like("2000-01-01", 20, freq="h", nlat=8, nlon=16)
         steps.isel(time=slice(0, 3)).fastzarr.to_template(

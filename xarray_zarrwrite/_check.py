@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
-from zarr.core.sync import sync
 from zarr.storage import LocalStore
 
+from ._compat import regular_chunk_shape, sync
 from ._open import load_template
 from ._store import resolve_store
 
@@ -217,12 +217,9 @@ def check(
 # -- chunk objects ----------------------------------------------------------------------------
 
 
-def object_chunks(arr: zarr.Array) -> tuple[int, ...]:
+def object_chunks(arr: zarr.Array[Any]) -> tuple[int, ...]:
     """Shape of one stored object of ``arr``: the shard shape if sharded, else the chunks."""
-    meta = arr.metadata
-    if meta.zarr_format == 2:
-        return tuple(int(c) for c in meta.chunks)
-    return tuple(int(c) for c in meta.chunk_grid.chunk_shape)  # type: ignore[attr-defined]
+    return regular_chunk_shape(arr)
 
 
 def grid_shape(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
@@ -230,14 +227,14 @@ def grid_shape(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ..
     return tuple(math.ceil(n / c) if n else 0 for n, c in zip(shape, chunks, strict=True))
 
 
-def _key_parser(arr: zarr.Array) -> Callable[[str], ChunkIndex | None]:
+def _key_parser(arr: zarr.Array[Any]) -> Callable[[str], ChunkIndex | None]:
     """A function from a key relative to the array to its chunk index (None if not a chunk)."""
     meta = arr.metadata
     ndim = len(arr.shape)
     if meta.zarr_format == 2:
-        prefix, sep = "", meta.dimension_separator or "."  # type: ignore[attr-defined]
+        prefix, sep = "", meta.dimension_separator  # "." or "/": zarr validates it
     else:
-        enc = meta.chunk_key_encoding  # type: ignore[attr-defined]
+        enc = meta.chunk_key_encoding
         sep = getattr(enc, "separator", "/")
         prefix = "" if getattr(enc, "name", "default") == "v2" else "c"
     zero_d = prefix or "0"
@@ -292,7 +289,7 @@ async def _list_all(store: Store, names: list[str]) -> list[list[str]]:
 
 def _walk(root: Path, name: str) -> list[str]:
     base = os.path.join(root, name)
-    keys = []
+    keys: list[str] = []
     for folder, _, files in os.walk(base):
         rel = os.path.relpath(folder, root).replace(os.sep, "/")
         keys.extend(f"{rel}/{f}" for f in files)

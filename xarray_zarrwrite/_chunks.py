@@ -30,7 +30,7 @@ ACCESS_PATTERNS: Final = ("temporal", "spatial", "balanced")
 
 def plan_chunks(
     sizes: Mapping[str, int],
-    chunks: Mapping[str, int | None] | Literal["auto"] | None,
+    chunks: Mapping[str, int | None] | str | None,
     *,
     itemsize: int,
     time_dim: str | None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import numcodecs
 from zarr.abc.codec import BytesBytesCodec
@@ -15,8 +15,19 @@ from .errors import CompressionError
 __all__ = ["parse_compression"]
 
 _NAMES: Final = ("blosc", "zstd", "gzip")
-_BLOSC_CNAMES: Final = ("zstd", "lz4", "lz4hc", "blosclz", "zlib")
-_SHUFFLES: Final = ("shuffle", "bitshuffle", "noshuffle")
+# typed as tuples of literals so that ``x in _BLOSC_CNAMES`` narrows a ``str`` for BloscCodec
+_BLOSC_CNAMES: Final[tuple[Literal["zstd", "lz4", "lz4hc", "blosclz", "zlib"], ...]] = (
+    "zstd",
+    "lz4",
+    "lz4hc",
+    "blosclz",
+    "zlib",
+)
+_SHUFFLES: Final[tuple[Literal["shuffle", "bitshuffle", "noshuffle"], ...]] = (
+    "shuffle",
+    "bitshuffle",
+    "noshuffle",
+)
 _HELP = (
     "use None, 'default', a string such as 'blosc:zstd:3', 'blosc:lz4:5:bitshuffle', "
     "'zstd:3' or 'gzip:5', or zarr codec objects"

@@ -51,9 +51,9 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Self
 import numpy as np
 import pandas as pd
 import xarray as xr
-from zarr.core.sync import sync
 
 from ._check import existing_chunks, label_formatter, object_chunks
+from ._compat import sync
 from ._open import load_template
 from ._region import label_positions
 from ._store import ensure_writable, resolve_store
@@ -238,7 +238,7 @@ def with_indexes(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` with a default index for every dimension coordinate that lacks one."""
     for dim in ds.dims:
         if dim in ds.coords and dim not in ds.xindexes and ds[dim].ndim == 1:
-            ds = ds.set_xindex(dim)
+            ds = ds.set_xindex([dim])  # what xarray makes of a single name
     return ds
 
 
@@ -275,9 +275,9 @@ def open_source(spec: SourceSpec, *, indexes: bool = True) -> xr.Dataset:
         warnings.filterwarnings("ignore", message=".*consolidated metadata", category=Warning)
         if _is_url(path):
             if engine == "zarr" or (engine is None and _looks_like_zarr(path)):
-                return xr.open_dataset(
-                    path, engine="zarr", storage_options=dict(spec.storage_options), **kwargs
-                )
+                if spec.storage_options:  # zarr >= 3.4 refuses even an empty, unused mapping
+                    kwargs["storage_options"] = dict(spec.storage_options)
+                return xr.open_dataset(path, engine="zarr", **kwargs)
             import fsspec
 
             if engine in (None, "h5netcdf") and _h5netcdf_usable():
@@ -301,7 +301,10 @@ def open_source(spec: SourceSpec, *, indexes: bool = True) -> xr.Dataset:
             # other engines (netCDF4) need a local file: a cached copy, fetched once
             protocol = path.split("::")[0].split("://")[0]
             options = {protocol: dict(spec.storage_options)} if spec.storage_options else {}
-            local = fsspec.open_local(f"simplecache::{path}", **options)
+            # open + close, keeping the cached copy's path (fsspec < 2025's open_local leaks the
+            # handle it opens to fill the cache)
+            with fsspec.open(f"simplecache::{path}", "rb", **options) as cached:
+                local = cached.name
             return xr.open_dataset(local, engine=engine, **kwargs)
         if engine is None and os.path.isdir(path):
             engine = "zarr"
@@ -486,7 +489,7 @@ def _attr_equal(a: Any, b: Any) -> bool:
     try:
         return bool(np.array_equal(np.asarray(a), np.asarray(b)))
     except (TypeError, ValueError):
-        return a == b
+        return bool(a == b)
 
 
 def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.ndarray:
@@ -564,9 +567,10 @@ def _infer_freq(index: pd.Index) -> str | None:
     if len(index) < 3:
         return None
     try:
-        return xr.infer_freq(index)
+        freq: str | None = xr.infer_freq(index)  # type: ignore[no-untyped-call]  # xarray: unannotated
     except (TypeError, ValueError):
         return None
+    return freq
 
 
 def _freq_note(axis: pd.Index) -> str:
@@ -828,7 +832,7 @@ def plan_tasks(
     gaps: list[tuple[int, int]] = []
     deferred: list[tuple[int, int]] = []
     if have.size and write_vars:
-        lo, hi = int(have.min()), int(have.max()) + 1
+        lo, hi = int(np.min(have)), int(np.max(have)) + 1
         inside = np.zeros(ntime, dtype=bool)
         inside[lo:hi] = True
         gaps = _runs((owner < 0) & inside)
@@ -1435,7 +1439,8 @@ class _DaskRunner:
         from distributed import Client
 
         self._own = not isinstance(client, Client)
-        self.client = Client(client) if self._own else client
+        # distributed: Client.__init__ is unannotated
+        self.client = Client(client) if self._own else client  # type: ignore[no-untyped-call]
         address = getattr(self.client.scheduler, "address", None) or "?"
         self.description = f"dask.distributed at {address}"
 
@@ -1454,9 +1459,9 @@ class _DaskRunner:
         if memory_limit is not None:
             limit = min(memory_limit, limit) if limit else memory_limit
         threads = min(int(w.get("nthreads") or 1) for w in workers.values())
-        self.description = (
-            f"dask.distributed at {self.client.scheduler.address}, {len(workers)} worker(s)"
-        )
+        scheduler = self.client.scheduler  # None only once the client is closed
+        address = scheduler.address if scheduler is not None else "?"
+        self.description = f"dask.distributed at {address}, {len(workers)} worker(s)"
         return _Capacity(len(workers), threads, limit)
 
     def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
@@ -1492,9 +1497,13 @@ class _DaskRunner:
             if progress:
                 from distributed import progress as dask_progress
 
-                dask_progress(futures)  # a widget in notebooks; blocks with a text bar otherwise
+                # a widget in notebooks; blocks with a text bar otherwise
+                dask_progress(futures)  # type: ignore[no-untyped-call]  # distributed: unannotated
                 sys.stdout.write("\n")
-            for fut, result in as_completed(futures, with_results=True, raise_errors=False):
+            completed = as_completed(  # type: ignore[no-untyped-call]  # distributed: unannotated
+                futures, with_results=True, raise_errors=False
+            )
+            for fut, result in completed:
                 i = index[fut.key]
                 if isinstance(result, BaseException):
                     out[i] = TaskOutcome(

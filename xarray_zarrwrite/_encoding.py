@@ -2,27 +2,39 @@
 
 Templates and region writes must encode exactly as ``xarray.Dataset.to_zarr`` does, so that
 plain ``xarray.open_zarr`` reads our archives. Rather than re-implementing the conventions we
-call xarray's own encoders; they are not public API, so every such import lives here.
+call xarray's own encoders; they are not public API, so they come through ``_compat``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, Literal, TypeAlias
 
 import numpy as np
 import xarray as xr
-from xarray.backends.zarr import FillValueCoder, encode_zarr_attr_value, encode_zarr_variable
-from xarray.conventions import encode_dataset_coordinates
+
+from ._compat import (
+    FillValueCoder,
+    encode_dataset_coordinates,
+    encode_zarr_attr_value,
+    encode_zarr_variable,
+)
 
 __all__ = [
     "CF_ENCODING_KEYS",
     "ZARR_ENCODING_KEYS",
+    "ZARR_FORMATS",
+    "ZarrFormat",
     "cf_encoding",
     "encode_coordinates",
     "encode_variable",
     "zarr_fill_and_attrs",
 ]
+
+#: A Zarr format version, as xarray's and zarr's own signatures take it.
+ZarrFormat: TypeAlias = Literal[2, 3]
+#: Every Zarr format version; ``fmt in ZARR_FORMATS`` narrows an ``int`` to :data:`ZarrFormat`.
+ZARR_FORMATS: Final[tuple[ZarrFormat, ...]] = (2, 3)
 
 #: Encoding entries that change the stored values; pinned by the template.
 CF_ENCODING_KEYS: Final = (
@@ -50,9 +62,9 @@ def encode_coordinates(ds: xr.Dataset) -> tuple[dict[str, xr.Variable], dict[str
     return {str(k): v for k, v in variables.items()}, dict(attrs)
 
 
-def encode_variable(var: xr.Variable, name: str, zarr_format: int) -> xr.Variable:
+def encode_variable(var: xr.Variable, name: str, zarr_format: ZarrFormat) -> xr.Variable:
     """CF-encode ``var`` (its ``encoding`` included) as ``to_zarr`` would; lazy for dask."""
-    return encode_zarr_variable(var, needs_copy=False, name=name, zarr_format=zarr_format)
+    return encode_zarr_variable(var, name, zarr_format)
 
 
 def zarr_fill_and_attrs(
@@ -70,7 +82,10 @@ def zarr_fill_and_attrs(
     dtype = encoded.dtype
     if zarr_format == 2:
         fill = attrs.pop("_FillValue", None)
-        out = {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
+        out = {
+            k: encode_zarr_attr_value(v)  # type: ignore[no-untyped-call]  # xarray: unannotated
+            for k, v in attrs.items()
+        }
         out["_ARRAY_DIMENSIONS"] = list(encoded.dims)
         return fill, out
     fill = fill_value
@@ -81,4 +96,7 @@ def zarr_fill_and_attrs(
             fill = fv
     if fill is None and dtype.kind == "f":
         fill = np.nan  # xarray's default for floats (pydata/xarray#10646)
-    return fill, {k: encode_zarr_attr_value(v) for k, v in attrs.items()}
+    return fill, {
+        k: encode_zarr_attr_value(v)  # type: ignore[no-untyped-call]  # xarray: unannotated
+        for k, v in attrs.items()
+    }

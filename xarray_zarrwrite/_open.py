@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +19,10 @@ import pandas as pd
 import xarray as xr
 import zarr
 from zarr import AsyncArray
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 from zarr.storage import StorePath
 
-from ._encoding import cf_encoding
+from ._compat import ArrayConfigParams, ArrayMetadata, default_buffer_prototype, sync, with_config
+from ._encoding import ZarrFormat, cf_encoding
 from ._store import store_key
 from .errors import TemplateNotFoundError
 
@@ -55,15 +54,17 @@ class TemplateInfo:
     """Everything a region write needs from the template, read once."""
 
     key: str
-    zarr_format: int
+    zarr_format: ZarrFormat
     arrays: Mapping[str, ArrayInfo]
     indexes: Mapping[str, pd.Index]
     sizes: Mapping[str, int]
-    zarr_arrays: Mapping[str, zarr.Array] = field(repr=False)
+    zarr_arrays: Mapping[str, zarr.Array[Any]] = field(repr=False)
 
 
-_cache: dict[str, tuple[bytes, TemplateInfo]] = {}
-_WRITE_CONFIG = {"write_empty_chunks": True}
+#: Per store key: the root metadata document, the template with no arrays and the metadata
+#: of its arrays (the cache holds no store; :func:`_bind` binds the arrays to the caller's).
+_cache: dict[str, tuple[bytes, TemplateInfo, dict[str, ArrayMetadata]]] = {}
+_WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
 _lock = threading.Lock()
 
 
@@ -95,10 +96,10 @@ def load_template(store: Store) -> TemplateInfo:
     with _lock:
         hit = _cache.get(key)
     if hit is not None and hit[0] == root:
-        return _bind(hit[1], store)
+        return _bind(hit[1], hit[2], store)
     info = _read_template(store, key)
     with _lock:
-        _cache[key] = (root, _bind(info, None))
+        _cache[key] = (root, *_unbind(info))
     return info
 
 
@@ -106,7 +107,9 @@ class StaleTemplateError(Exception):
     """The template changed since it was cached (internal: the caller reloads and re-plans)."""
 
 
-def load_template_optimistic(store: Store) -> tuple[TemplateInfo, Any]:
+def load_template_optimistic(
+    store: Store,
+) -> tuple[TemplateInfo, Callable[[], Coroutine[Any, Any, None]] | None]:
     """The cached template (if any) at once, plus a coroutine function that verifies it.
 
     Region writes plan and encode with the cached template while the verification read runs;
@@ -119,28 +122,32 @@ def load_template_optimistic(store: Store) -> tuple[TemplateInfo, Any]:
         hit = _cache.get(key)
     if hit is None:
         return load_template(store), None
-    root, info = hit
+    root, info, metas = hit
 
     async def verify() -> None:
         if await _root_document_async(store) != root:
             raise StaleTemplateError(key)
 
-    return _bind(info, store), verify
+    return _bind(info, metas, store), verify
 
 
-def _bind(info: TemplateInfo, store: Store | None) -> TemplateInfo:
-    """The same template with its arrays bound to ``store`` (None: to no store, for the cache).
+def _unbind(info: TemplateInfo) -> tuple[TemplateInfo, dict[str, ArrayMetadata]]:
+    """The template with its arrays bound to no store (for the cache), and their metadata."""
+    metas = {name: z.metadata for name, z in info.zarr_arrays.items()}
+    return replace(info, zarr_arrays={}), metas
+
+
+def _bind(info: TemplateInfo, metas: Mapping[str, ArrayMetadata], store: Store) -> TemplateInfo:
+    """The template with the arrays of ``metas`` bound to ``store``.
 
     Two Store objects can point at the same place with different settings (credentials,
     latency, fault injection): writes must always go through the caller's own store.
     """
-    if store is None:
-        arrays = {name: z.metadata for name, z in info.zarr_arrays.items()}  # type: ignore[misc]
-        return replace(info, zarr_arrays=arrays)  # type: ignore[arg-type]
-    bound = {
-        name: zarr.Array(AsyncArray(meta, StorePath(store, name), config=_WRITE_CONFIG))
-        for name, meta in info.zarr_arrays.items()
-    }
+    bound: dict[str, zarr.Array[Any]] = {}
+    for name, meta in metas.items():
+        # v2 or v3 metadata: one of AsyncArray's two overloads, hence the declared type
+        arr: AsyncArray[Any] = AsyncArray(meta, StorePath(store, name), config=_WRITE_CONFIG)
+        bound[name] = zarr.Array(arr)
     return replace(info, zarr_arrays=bound)
 
 
@@ -150,14 +157,14 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
         ds = xr.open_zarr(store, consolidated=None, chunks=None)
         group = zarr.open_group(store, mode="r+", use_consolidated=None)
     arrays: dict[str, ArrayInfo] = {}
-    zarrs: dict[str, zarr.Array] = {}
+    zarrs: dict[str, zarr.Array[Any]] = {}
     for name, var in ds.variables.items():
         name = str(name)
         z = group[name]
         assert isinstance(z, zarr.Array)
         # every chunk we write is stored, even if all fill value, so a chunk object exists
         # exactly where data was written: that is what makes completeness checks exact
-        z = z.with_config(_WRITE_CONFIG)
+        z = with_config(z, _WRITE_CONFIG)
         zarrs[name] = z
         arrays[name] = ArrayInfo(
             name=name,
@@ -172,7 +179,7 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
         )
     return TemplateInfo(
         key=key,
-        zarr_format=int(group.metadata.zarr_format),
+        zarr_format=group.metadata.zarr_format,
         arrays=arrays,
         indexes={str(d): ds.indexes[d] for d in ds.indexes},
         sizes={str(d): int(n) for d, n in ds.sizes.items()},

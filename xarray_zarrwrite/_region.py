@@ -187,8 +187,8 @@ def _resolve_region(
                 f"(dimensions: {list(ds.dims)})"
             )
     out: dict[str, slice] = {}
-    for dim, n in ds.sizes.items():
-        dim = str(dim)
+    for d, n in ds.sizes.items():
+        dim = str(d)
         given = region.get(dim, "auto")
         if isinstance(given, str) and given == "auto":
             out[dim] = _auto_slice(ds, info, dim)
@@ -282,7 +282,7 @@ def label_positions(
             f"{prefix}label {dup!r} appears more than once in coordinate {dim!r}"
         )
     try:
-        pos = axis.get_indexer(labels)
+        pos: np.ndarray = axis.get_indexer(labels)
     except (TypeError, ValueError) as e:
         raise RegionLabelError(
             f"{prefix}labels of {dim!r} ({labels.dtype}) cannot be compared with those of "

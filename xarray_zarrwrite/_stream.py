@@ -24,8 +24,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Self
 
 import xarray as xr
-from zarr.core.sync import _get_loop
 
+from ._compat import async_array, io_loop
 from ._open import load_template
 from ._region import RegionPlan, plan_region
 from ._staging import stage
@@ -318,9 +318,9 @@ class StreamWriter:
             self._finish(fut, staged, nbytes, None, err)
             return
         encoded = job.result()
-        arrays = {w.name: info.zarr_arrays[w.name]._async_array for w in encoded}
+        arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
         t0 = time.perf_counter()
-        io = asyncio.run_coroutine_threadsafe(write_encoded(encoded, arrays), _get_loop())
+        io = asyncio.run_coroutine_threadsafe(write_encoded(encoded, arrays), io_loop())
 
         def done(io: cf.Future[tuple[int, int]]) -> None:
             e = io.exception()

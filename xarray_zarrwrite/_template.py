@@ -20,15 +20,16 @@ import pandas as pd
 import xarray as xr
 import zarr
 import zarr.api.asynchronous as zasync
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 from zarr.storage import MemoryStore
 
 from ._chunks import plan_chunks
+from ._compat import default_buffer_prototype, sync
 from ._compression import parse_compression
 from ._encoding import (
     CF_ENCODING_KEYS,
     ZARR_ENCODING_KEYS,
+    ZARR_FORMATS,
+    ZarrFormat,
     cf_encoding,
     encode_coordinates,
     encode_variable,
@@ -58,12 +59,12 @@ class TemplateSpec:
     target_bytes: int
     compressors: tuple[Any, ...]
     encoding: Mapping[str, Mapping[str, Any]]
-    zarr_format: int
+    zarr_format: ZarrFormat
     mode: str
 
 
 def to_template(
-    ds: xr.Dataset,
+    ds: xr.Dataset | xr.DataArray,
     store: StoreLike,
     *,
     time_dim: str | None = "time",
@@ -91,8 +92,8 @@ def to_template(
     Parameters
     ----------
     ds
-        Example data. NumPy- or dask-backed; its values are only read for coordinates,
-        packing ranges and encoding inference.
+        Example data: a Dataset, or a named DataArray. NumPy- or dask-backed; its values
+        are only read for coordinates, packing ranges and encoding inference.
     store
         Local path, fsspec URL (``"memory://x"``, ``"s3://bucket/x"``, ``"file:///x"``) or a
         zarr Store.
@@ -149,7 +150,7 @@ def to_template(
         A variable or dimension name could escape the store root.
     """
     ds = _as_dataset(ds)
-    if zarr_format not in (2, 3):
+    if zarr_format not in ZARR_FORMATS:
         raise TemplateError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if mode not in _MODES:
         raise TemplateError(f"mode must be one of {list(_MODES)}, got {mode!r}")
@@ -182,7 +183,8 @@ def open_template(store: Store) -> xr.Dataset:
     """Open a template lazily with plain xarray (consolidated metadata when present)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        return xr.open_zarr(store, consolidated=None, chunks=None)
+        ds: xr.Dataset = xr.open_zarr(store, consolidated=None, chunks=None)
+        return ds
 
 
 def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
@@ -313,7 +315,7 @@ def _time_axis(ds: xr.Dataset, time_dim: str, start: Any, end: Any, freq: Any) -
             raise TemplateError(
                 f"cannot infer the time step from {len(own)} timestamp(s); pass freq="
             )
-        freq = xr.infer_freq(own)
+        freq = xr.infer_freq(own)  # type: ignore[no-untyped-call]  # xarray: unannotated
         if freq is None:
             raise TemplateError(
                 f"the time step of {time_dim!r} is irregular and cannot be inferred; pass freq="
@@ -406,7 +408,11 @@ def _full_variable(var: xr.Variable, name: str, full: dict[str, pd.Index]) -> xr
 
 
 async def _create_coordinate(
-    group: zarr.AsyncGroup, name: str, var: xr.Variable, user: Mapping[str, Any], fmt: int
+    group: zarr.AsyncGroup,
+    name: str,
+    var: xr.Variable,
+    user: Mapping[str, Any],
+    fmt: ZarrFormat,
 ) -> None:
     var = var.copy(deep=False)
     var.encoding = {**cf_encoding(var.encoding), **user}
@@ -445,7 +451,7 @@ async def _create_data_array(
         encoded = encode_variable(loaded, name, spec.zarr_format)
     except (ValueError, TypeError, OverflowError) as e:
         raise TemplateError(f"cannot encode variable {name!r} with {sample.encoding}: {e}") from e
-    codec_kwargs = {k: enc[k] for k in ZARR_ENCODING_KEYS if k in enc}
+    codec_kwargs: dict[str, Any] = {k: enc[k] for k in ZARR_ENCODING_KEYS if k in enc}
     codec_kwargs.setdefault("compressors", spec.compressors)
     fill, attrs = zarr_fill_and_attrs(
         encoded, spec.zarr_format, codec_kwargs.pop("fill_value", None)

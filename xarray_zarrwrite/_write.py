@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
-from zarr.core.buffer import default_buffer_prototype
 
-from ._encoding import encode_variable
+from ._compat import chunk_path, chunk_spec, encode_chunks
+from ._encoding import ZarrFormat, encode_variable
 from ._open import StaleTemplateError
 from ._region import chunk_blocks
 from .codecs.cf import check_packed_range
@@ -76,7 +76,7 @@ def encode_for_template(
     name: str,
     var: xr.Variable,
     target: ArrayInfo,
-    zarr_format: int,
+    zarr_format: ZarrFormat,
     on_out_of_range: OnOutOfRange = "raise",
 ) -> Any:
     """CF-encode ``var`` with the template's pinned encoding; returns NumPy or dask data."""
@@ -177,7 +177,9 @@ async def write_encoded(
 
     async def one_variable(w: EncodedWrite) -> int:
         arr = arrays[w.name]
-        whole, partial = [], []
+        # (block, its selection in w.data, its chunk coordinates)
+        whole: list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]] = []
+        partial: list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]] = []
         for block in chunk_blocks(w.selection, w.chunks):
             local = tuple(
                 slice(b.start - s.start, b.stop - s.start)
@@ -196,17 +198,16 @@ async def write_encoded(
         if gate is not None and not whole:
             await gate
         if whole:
-            proto = default_buffer_prototype()
-            spec = arr.metadata.get_chunk_spec(whole[0][2], arr.config, prototype=proto)
+            spec = chunk_spec(arr, whole[0][2])
             items = [(_chunk_buffer(w.data[local], spec), spec) for _, local, _ in whole]
             try:
-                encoded = await arr.codec_pipeline.encode(items)
+                encoded = await encode_chunks(arr, items)
             except Exception as e:
                 raise WriteFailedError(
                     f"encoding {w.name!r} failed: {type(e).__name__}: {e}"
                 ) from e
             for (block, _, coords), buf in zip(whole, encoded, strict=True):
-                path = arr.store_path / arr.metadata.encode_chunk_key(coords)
+                path = chunk_path(arr, coords)
                 jobs.append(retrying(w, block, lambda path=path, buf=buf: path.set(buf)))
         for block, local, _ in partial:
             data = w.data[local]

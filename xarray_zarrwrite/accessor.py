@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from ._region import RegionPlan
     from ._store import StoreLike
+    from ._stream import WriteFuture
 
 __all__ = ["FastZarrAccessor"]
 
@@ -26,13 +27,15 @@ class FastZarrAccessor(Generic[T]):
     """Fast, safe Zarr writes: ``ds.fastzarr.to_template(...)``, ``.write_region(...)``."""
 
     def __init__(self, obj: T) -> None:
-        self._obj = obj
+        self._obj: T = obj
 
     def to_template(self, store: StoreLike, **kwargs: Any) -> xr.Dataset:
         """Write a metadata-only template; see :func:`xarray_zarrwrite.to_template`."""
         return api.to_template(self._obj, store, **kwargs)
 
-    def write_region(self, store: StoreLike, **kwargs: Any) -> api.RegionWriteResult | Delayed:
+    def write_region(
+        self, store: StoreLike, **kwargs: Any
+    ) -> api.RegionWriteResult | Delayed | WriteFuture:
         """Write this data into its region; see :func:`xarray_zarrwrite.write_region`."""
         return api.write_region(self._obj, store, **kwargs)
 
@@ -41,5 +44,6 @@ class FastZarrAccessor(Generic[T]):
         return api.plan(self._obj, store, **kwargs)
 
 
-xr.register_dataset_accessor("fastzarr")(FastZarrAccessor)
-xr.register_dataarray_accessor("fastzarr")(FastZarrAccessor)
+# xarray: register_*_accessor are unannotated
+xr.register_dataset_accessor("fastzarr")(FastZarrAccessor)  # type: ignore[no-untyped-call]
+xr.register_dataarray_accessor("fastzarr")(FastZarrAccessor)  # type: ignore[no-untyped-call]

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 from zarr.abc.store import Store
-from zarr.core.sync import sync
 
+from ._compat import async_array, sync
 from ._open import StaleTemplateError, load_template, load_template_optimistic
 from ._region import chunk_pieces, plan_region
 from ._store import ensure_writable, resolve_store, store_key
@@ -20,7 +20,7 @@ from ._write import RegionWriteResult, encode_for_template, encode_plan, write_e
 from .errors import ZarrWriteError
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Callable, Coroutine
 
     from dask.delayed import Delayed
 
@@ -130,7 +130,7 @@ def write_region(
 def _write_region(
     ds: xr.Dataset,
     info: TemplateInfo,
-    verify: Callable[[], Awaitable[None]] | None,
+    verify: Callable[[], Coroutine[Any, Any, None]] | None,
     region: Mapping[str, Any] | str,
     safe_chunks: bool,
     compute: bool,
@@ -150,7 +150,7 @@ def _write_region(
         if verify is not None:
             sync(verify())
         return _write_dask(planned, info, on_out_of_range, compute)
-    arrays = {w.name: info.zarr_arrays[w.name]._async_array for w in encoded}
+    arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
     nchunks, nbytes = sync(write_encoded(encoded, arrays, verify))
     return RegionWriteResult(
         region=dict(planned.region),
@@ -165,7 +165,7 @@ _writers: dict[tuple[str, bool, str], StreamWriter] = {}
 
 
 def _shared_writer(
-    store: StoreLike, target: Store, safe_chunks: bool, on_out_of_range: str
+    store: StoreLike, target: Store, safe_chunks: bool, on_out_of_range: OnOutOfRange
 ) -> StreamWriter:
     # Paths and URLs name a place: one writer serves every call with the same name. A Store
     # object is its own thing (two stores on one place may differ in credentials, latency or
@@ -184,8 +184,8 @@ def _shared_writer(
 def _write_dask(
     planned: RegionPlan, info: TemplateInfo, on_out_of_range: OnOutOfRange, compute: bool
 ) -> RegionWriteResult | Delayed:
-    import dask
     import dask.array as da
+    from dask.delayed import delayed
 
     sources, targets, regions = [], [], []
     for w in planned.writes:
@@ -200,9 +200,9 @@ def _write_dask(
             )
         )
         if not isinstance(data, da.Array):
-            data = da.from_array(np.asarray(data), chunks=grid)
+            data = da.from_array(np.asarray(data), chunks=grid)  # type: ignore[no-untyped-call]  # dask: unannotated
         elif not planned_aligned(data.chunks, grid):
-            data = data.rechunk(grid)
+            data = data.rechunk(grid)  # type: ignore[no-untyped-call]  # dask: unannotated
         sources.append(data)
         targets.append(info.zarr_arrays[w.name])
         regions.append(w.selection)
@@ -213,8 +213,11 @@ def _write_dask(
         nchunks=planned.nchunks,
         nbytes=planned.nbytes,
     )
-    delayed = dask.delayed(_after, pure=False)(stored, result)
-    return delayed.compute() if compute else delayed
+    task: Delayed = delayed(_after, pure=False)(stored, result)
+    if compute:
+        done: RegionWriteResult = task.compute()  # type: ignore[no-untyped-call]  # dask: unannotated
+        return done
+    return task
 
 
 def planned_aligned(have: tuple[tuple[int, ...], ...], grid: tuple[tuple[int, ...], ...]) -> bool:

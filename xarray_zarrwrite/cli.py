@@ -251,7 +251,7 @@ def _cmd_template(args: argparse.Namespace) -> int:
 
 
 def _cmd_write_region(args: argparse.Namespace) -> int:
-    from .api import write_region
+    from .api import RegionWriteResult, write_region
 
     ds = _open(args.source, args.engine)
     try:
@@ -264,10 +264,12 @@ def _cmd_write_region(args: argparse.Namespace) -> int:
         )
     finally:
         ds.close()
-    region = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in result.region.items())  # type: ignore[union-attr]
+    # blocking, with compute=True: never a WriteFuture or a dask Delayed
+    assert isinstance(result, RegionWriteResult)
+    region = ", ".join(f"{d}={s.start}:{s.stop}" for d, s in result.region.items())
     print(
-        f"wrote {args.source} -> {args.store} [{region}]: {result.nchunks} chunk(s), "  # type: ignore[union-attr]
-        f"{result.nbytes} bytes in {result.seconds:.2f} s"  # type: ignore[union-attr]
+        f"wrote {args.source} -> {args.store} [{region}]: {result.nchunks} chunk(s), "
+        f"{result.nbytes} bytes in {result.seconds:.2f} s"
     )
     return EXIT_OK
 

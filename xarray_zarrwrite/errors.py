@@ -1,9 +1,16 @@
 """Typed errors raised by :mod:`xarray_zarrwrite`.
 
-Every error derives from :class:`ZarrWriteError`, itself a :class:`ValueError`, and where a
-builtin fits better the error also derives from it (``StoreExistsError`` is a
-``FileExistsError``), so ``except ValueError`` keeps working for callers that predate us.
-Messages say what was received and what to do about it.
+Every error derives from :class:`ZarrWriteError`, in two families:
+
+* :class:`InputError` (also a :class:`ValueError`): the input or the options are wrong. Raised
+  before anything is written; ``except ValueError`` keeps working for callers that predate us.
+* :class:`WriteFailedError` (also an :class:`OSError`): a write that was valid failed in the
+  store (after retries for transient errors). Deliberately *not* a ``ValueError``: xarray's
+  ``open_zarr`` treats ``ValueError`` as "no consolidated metadata" and falls back silently,
+  and nothing may turn a lost write into a silent fallback.
+
+Where a builtin fits better an error also derives from it (``StoreExistsError`` is a
+``FileExistsError``). Messages say what was received and what to do about it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ __all__ = [
     "CompressionError",
     "DimensionMismatchError",
     "DtypeCastError",
+    "InputError",
     "InvalidNameError",
     "PackingError",
     "ReadOnlyStoreError",
@@ -30,11 +38,15 @@ __all__ = [
 ]
 
 
-class ZarrWriteError(ValueError):
+class ZarrWriteError(Exception):
     """Base class of every error raised by xarray_zarrwrite."""
 
 
-class TemplateError(ZarrWriteError):
+class InputError(ZarrWriteError, ValueError):
+    """The input data or options are invalid; nothing was written."""
+
+
+class TemplateError(InputError):
     """The template cannot be built from the given example data and options."""
 
 
@@ -50,23 +62,23 @@ class PackingError(TemplateError):
     """A ``packing=`` specification is invalid, or packed data falls outside its range."""
 
 
-class InvalidNameError(ZarrWriteError):
+class InvalidNameError(InputError):
     """A variable, dimension or group name would escape the store root or is not a valid key."""
 
 
-class StoreExistsError(ZarrWriteError, FileExistsError):
+class StoreExistsError(InputError, FileExistsError):
     """``mode="w-"`` was asked for but the target already holds a Zarr hierarchy."""
 
 
-class ReadOnlyStoreError(ZarrWriteError, PermissionError):
+class ReadOnlyStoreError(InputError, PermissionError):
     """The target store is read-only."""
 
 
-class TemplateNotFoundError(ZarrWriteError, FileNotFoundError):
+class TemplateNotFoundError(InputError, FileNotFoundError):
     """No template (Zarr group) exists at the target of a region write."""
 
 
-class RegionError(ZarrWriteError):
+class RegionError(InputError):
     """The data cannot be placed into the template (bad region, shapes, variables)."""
 
 
@@ -100,9 +112,9 @@ class TimeEncodingError(RegionError):
     """Time units or calendar of the data disagree with the template's pinned time encoding."""
 
 
-class CodecError(ZarrWriteError):
+class CodecError(InputError):
     """An encoded chunk is malformed, truncated or corrupted, or codec options are invalid."""
 
 
-class WriteFailedError(ZarrWriteError, RuntimeError):
+class WriteFailedError(ZarrWriteError, OSError):
     """A write failed after validation (store I/O error after retries, background failure)."""

@@ -55,7 +55,7 @@ CASES = {
     "unsafe cast float->int": (region(lambda d: d.astype("int32")), E.DtypeCastError),
     "string dtype": (region(lambda d: d.assign(t2m=d.t2m.astype("U8"))), E.DtypeCastError),
     "object dtype": (region(lambda d: d.assign(t2m=d.t2m.astype(object))), E.DtypeCastError),
-    "NaT time": (region(with_time(np.r_[T[:-1], np.datetime64("NaT")])), E.RegionLabelError),
+    "NaT time": (region(with_time(np.r_[T[:-1], np.datetime64("NaT", "ns")])), E.RegionLabelError),
     "unsorted times": (region(with_time(T[::-1])), E.RegionLabelError),
     "duplicate times": (region(with_time(np.r_[T[:1], T[:-1]])), E.RegionLabelError),
     "off-grid time": (region(with_time(T + np.timedelta64(6, "h"))), E.RegionLabelError),

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import xarray as xr
 from zarr.storage import FsspecStore, MemoryStore
-from zarr.testing.store import LatencyStore
 
 import xarray_zarrwrite as xzw
 from xarray_zarrwrite.errors import WriteFailedError
 from xarray_zarrwrite.testing.datasets import era5_like
 from xarray_zarrwrite.testing.faults import FaultyStore
+from xarray_zarrwrite.testing.latency import LatencyStore
 
 YEAR = era5_like("2000-01-01", 120, nlat=16, nlon=32)
 PACKAGE = pathlib.Path(xzw.__file__).parent

@@ -56,7 +56,7 @@ import struct
 import sys
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import numpy as np
 
@@ -178,7 +178,7 @@ def parse_options(
         raise CodecError(f"infinities must be one of {list(INFINITIES)}; got {infinities!r}")
     if layout not in LAYOUTS:
         raise CodecError(f"layout must be one of {list(LAYOUTS)}; got {layout!r}")
-    return bits, max_error, infinities, layout  # type: ignore[return-value]
+    return bits, max_error, infinities, layout
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +223,9 @@ _WORD_DTYPES: Final[dict[int, np.dtype]] = {
 }
 
 
-def _word_view(buf: NDArray[np.uint8], offset: int, size: int, stride: int, n: int) -> NDArray:
+def _word_view(
+    buf: NDArray[np.uint8], offset: int, size: int, stride: int, n: int
+) -> NDArray[np.unsignedinteger]:
     """Strided (possibly unaligned) view of ``n`` little-endian words inside ``buf``."""
     return np.ndarray((n,), dtype=_WORD_DTYPES[size], buffer=buf, offset=offset, strides=(stride,))
 
@@ -310,7 +312,7 @@ def _pack_into(codes: NDArray[np.unsignedinteger], nbits: int, out: NDArray[np.u
 
 
 def _unpack_into(
-    buf: NDArray[np.uint8], nbits: int, count: int, sink: Callable[[slice, NDArray], None]
+    buf: NDArray[np.uint8], nbits: int, count: int, sink: Callable[[slice, NDArray[Any]], None]
 ) -> None:
     """Unpack ``count`` codes from exactly their bytes; ``sink(index, codes)`` receives them
     in pieces (``index`` a slice, possibly strided, of ``range(count)``)."""
@@ -775,7 +777,7 @@ def _scan(x: NDArray[np.floating], infinities: Infinities) -> tuple[float, float
     """Finite min/max and special-value flags of a flat float array."""
     if x.size == 0:
         return math.nan, math.nan, 0
-    vmin, vmax = float(x.min()), float(x.max())
+    vmin, vmax = float(np.min(x)), float(np.max(x))
     if math.isfinite(vmin) and math.isfinite(vmax):
         return vmin, vmax, 0
     flags = special_flags(
@@ -784,7 +786,7 @@ def _scan(x: NDArray[np.floating], infinities: Infinities) -> tuple[float, float
     finite = x[np.isfinite(x)]
     if finite.size == 0:
         return math.nan, math.nan, flags
-    return float(finite.min()), float(finite.max()), flags
+    return float(np.min(finite)), float(np.max(finite)), flags
 
 
 class _Scratch(threading.local):
@@ -872,9 +874,9 @@ def _dequantise_dense_block(
     nbits, specials, scale = header.nbits, header.specials, header.scale
     t = t[:count]
     natural = np.empty(count, dtype=np.uint32) if specials and nbits not in (8, 16, 32) else None
-    direct: list[NDArray] = []
+    direct: list[NDArray[Any]] = []
 
-    def sink(index: slice, codes: NDArray) -> None:
+    def sink(index: slice, codes: NDArray[Any]) -> None:
         with np.errstate(over="ignore"):
             np.multiply(codes, scale, out=t[index])
         if natural is not None:
@@ -908,14 +910,14 @@ def _verify_block(
         np.abs(d32, out=d32)
         if nonfinite is not None:
             np.copyto(d32, 0.0, where=nonfinite)
-        if float(d32.max()) <= max_error * (1 - 2.0**-22):
+        if float(np.max(d32)) <= max_error * (1 - 2.0**-22):
             return True
     d = scratch.u[:n]
     np.subtract(y, xb, out=d, dtype=np.float64)  # exact for float16/float32 operands
     np.abs(d, out=d)
     if nonfinite is not None:
         np.copyto(d, 0.0, where=nonfinite)
-    return bool(d.max() <= max_error)
+    return bool(np.max(d) <= max_error)
 
 
 def _flatten(arr: ArrayLike) -> tuple[NDArray[np.floating], int]:
@@ -1009,7 +1011,7 @@ def _encode_delta(
             return None
     anchor = int(q[0]) if n else 0
     z = _zigzag_delta(q, anchor)
-    zmax = int(z.max()) if n else 0
+    zmax = int(np.max(z)) if n else 0
     width = (zmax.bit_length() + 7) // 8
     out = np.empty(HEADER_SIZE + n * width, dtype=np.uint8)
     out[:HEADER_SIZE] = np.frombuffer(
@@ -1212,7 +1214,7 @@ def decode_chunk(
                 np.bitwise_or(z, tmp, out=z)
             codes = _unzigzag_cumsum(z, carry)
             carry = int(codes[-1])
-            if header.nbits < 32 and int(codes.max()) >= limit:
+            if header.nbits < 32 and int(np.max(codes)) >= limit:
                 raise CodecError(
                     f"corrupted bitpack chunk: delta-decoded code exceeds 2**{header.nbits} - 1"
                 )

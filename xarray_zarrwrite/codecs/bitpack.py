@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
-from zarr.core.common import parse_named_configuration
-from zarr.registry import register_codec
 
+from xarray_zarrwrite._compat import parse_named_configuration, register_codec
 from xarray_zarrwrite.codecs._kernels import (
     INFINITIES,
     LAYOUTS,
@@ -33,11 +32,15 @@ from xarray_zarrwrite.errors import CodecError
 if TYPE_CHECKING:
     from typing import Self
 
-    from zarr.core.array_spec import ArraySpec
-    from zarr.core.buffer import Buffer, NDBuffer
-    from zarr.core.chunk_grids import ChunkGrid
-    from zarr.core.common import JSON
-    from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
+    from xarray_zarrwrite._compat import (
+        JSON,
+        ArraySpec,
+        Buffer,
+        NDBuffer,
+        TBaseDType,
+        TBaseScalar,
+        ZDType,
+    )
 
 __all__ = ["CODEC_NAME", "INFINITIES", "LAYOUTS", "BitpackCodec"]
 
@@ -150,7 +153,7 @@ class BitpackCodec(ArrayBytesCodec):
         *,
         shape: tuple[int, ...],
         dtype: ZDType[TBaseDType, TBaseScalar],
-        chunk_grid: ChunkGrid,
+        chunk_grid: object,  # unused; its type differs across zarr releases (3.4 changed it)
     ) -> None:
         # docstring inherited
         native = np.dtype(dtype.to_native_dtype())

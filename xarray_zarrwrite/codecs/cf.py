@@ -92,7 +92,7 @@ def _one(da: xr.DataArray, name: str, opts: dict[str, Any], zarr_format: int) ->
     if codec == "bitpack":
         if (bits is None) == (max_error is None):
             raise PackingError(f"bitpack packing of {name!r} takes exactly one of bits, max_error")
-        return _bitpack(bits, max_error, zarr_format)
+        return _bitpack(None if bits is None else int(bits), max_error, zarr_format)
     if max_error is not None:
         raise PackingError(
             f"CF packing of {name!r} takes bits=, not max_error= (use codec='bitpack')"
@@ -176,7 +176,7 @@ def check_packed_range(
     if var.chunks is not None:
         import dask.array as da
 
-        data = da.map_blocks(
+        data = da.map_blocks(  # type: ignore[no-untyped-call]  # dask: unannotated
             _check_block, var.data, name, vmin, vmax, on_out_of_range, dtype=var.dtype
         )
         return var.copy(deep=False, data=data)
@@ -192,7 +192,8 @@ def _check_block(x: np.ndarray, name: str, vmin: float, vmax: float, policy: str
     if not bad.any():
         return x
     if policy == "clip":
-        return np.clip(x, vmin, vmax)
+        clipped: np.ndarray = np.clip(x, vmin, vmax)
+        return clipped
     vals = x[bad]
     raise PackingError(
         f"{vals.size} value(s) of {name!r} fall outside its packing range [{vmin}, {vmax}] "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import builtins
 import errno
 import logging
 import math
@@ -31,12 +32,18 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, Self, TypeVar, cast
 
 import numpy as np
 from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
-from zarr.core import sync as _zsync
-from zarr.core.buffer import Buffer, default_buffer_prototype
-from zarr.storage import FsspecStore, LocalStore, WrapperStore
+from zarr.storage import FsspecStore, LocalStore
 
+from .._compat import (
+    Buffer,
+    WrapperStore,
+    default_buffer_prototype,
+    io_loop,
+    running_io_loop,
+    sync,
+)
 from .._store import resolve_store
-from ..errors import ReadOnlyStoreError, WriteFailedError
+from ..errors import ReadOnlyStoreError, WriteFailedError, ZarrWriteError
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -51,8 +58,8 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from zarr.abc.store import ByteRequest
-    from zarr.core.buffer import BufferPrototype
 
+    from .._compat import BufferPrototype
     from .._store import StoreLike
 
 __all__ = ["BufferedStore", "BufferedStoreStats", "is_transient_error"]
@@ -132,7 +139,8 @@ def is_transient_error(exc: BaseException) -> bool:
     """
     if isinstance(
         exc,
-        PermissionError
+        ZarrWriteError  # our own verdicts (a WriteFailedError already had its retries)
+        | PermissionError
         | FileNotFoundError
         | FileExistsError
         | IsADirectoryError
@@ -382,7 +390,7 @@ class _WriteBehind:
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """zarr's IO loop; resets the runtime state after a fork or a restart of that loop."""
-        loop = _zsync._get_loop()
+        loop = io_loop()
         pid = os.getpid()
         if loop is self._loop and pid == self._pid:
             return loop
@@ -405,7 +413,7 @@ class _WriteBehind:
         return loop
 
     def on_loop_thread(self) -> bool:
-        return _on_loop(_zsync.loop[0])
+        return _on_loop(running_io_loop())
 
     async def run(
         self, fn: Callable[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
@@ -426,7 +434,7 @@ class _WriteBehind:
                 f"BufferedStore.{what}() blocks and cannot be called on zarr's IO event loop; "
                 f"use the async method instead (await store.{what.removesuffix('_sync')}())"
             )
-        return _zsync.sync(self.run(fn, *args, **kwargs))
+        return sync(self.run(fn, *args, **kwargs))
 
     # -- reads of the queue -------------------------------------------------------------------
 
@@ -747,7 +755,7 @@ def _flush_at_exit() -> None:
             continue
         try:
             timeout = max(0.1, deadline - time.monotonic())
-            _zsync.sync(core.run(core.flush), timeout=timeout)
+            sync(core.run(core.flush), timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - at exit, report instead of raising
             warnings.warn(
                 f"BufferedStore({core.where}) was not closed and could not write everything at "
@@ -1180,7 +1188,9 @@ class BufferedStore(WrapperStore[Store]):
     async def _get(
         self, key: str, prototype: BufferPrototype | None, byte_range: ByteRequest | None
     ) -> Buffer | None:
-        self._core.raise_failures()
+        # Reads never raise (nor consume) a background write failure: it belongs to the writer,
+        # who gets it from its next write, flush() or close(). A reader (xr.open_zarr, zarr's
+        # metadata checks) taking it would leave the writer believing everything landed.
         prototype = default_buffer_prototype() if prototype is None else prototype
         op = self._core.lookup(key)
         if op is not None:
@@ -1200,7 +1210,7 @@ class BufferedStore(WrapperStore[Store]):
     async def _get_partial_values(
         self, prototype: BufferPrototype, key_ranges: list[tuple[str, ByteRequest | None]]
     ) -> list[Buffer | None]:
-        self._core.raise_failures()
+        # (reads never raise a write failure: see _get)
         results: list[Buffer | None] = [None] * len(key_ranges)
         positions: list[int] = []
         requests: list[tuple[str, ByteRequest | None]] = []
@@ -1263,17 +1273,24 @@ class BufferedStore(WrapperStore[Store]):
     async def _collect(self, iterator: AsyncIterator[str]) -> list[str]:
         return [key async for key in iterator]
 
+    def _pending_writes(self, prefix: str) -> builtins.set[str]:  # `set` is a method here
+        return {
+            key
+            for key, op in self._core.pending_items()
+            if op.value is not None and key.startswith(prefix)
+        }
+
     async def _list_prefix(self, prefix: str) -> list[str]:
+        # Pending writes are taken before the listing as well as after it: one that lands in
+        # the wrapped store while the listing runs may be missing from both otherwise.
+        before = self._pending_writes(prefix)
         if prefix:
             found = await self._core.read(self._collect_prefix, prefix)
         else:
             found = await self._core.read(self._collect_all)
         keys = {key for key in found if not self._hidden(key)}
-        keys.update(
-            key
-            for key, op in self._core.pending_items()
-            if op.value is not None and key.startswith(prefix)
-        )
+        keys.update(k for k in before if not self._hidden(k))
+        keys.update(self._pending_writes(prefix))
         return sorted(keys)
 
     async def _collect_prefix(self, prefix: str) -> list[str]:
@@ -1287,6 +1304,7 @@ class BufferedStore(WrapperStore[Store]):
 
     async def _list_dir(self, prefix: str) -> list[str]:
         base = _dir_prefix(prefix)
+        before = self._pending_writes(base)  # see _list_prefix
         found = await self._core.read(self._collect_dir, prefix)
         names = set()
         for name in found:
@@ -1297,9 +1315,8 @@ class BufferedStore(WrapperStore[Store]):
             if op is not None and op.value is None:
                 continue
             names.add(name)
-        for key, op in self._core.pending_items():
-            if op.value is not None and key.startswith(base):
-                names.add(key[len(base) :].split("/", 1)[0])
+        for key in {k for k in before if not self._hidden(k)} | self._pending_writes(base):
+            names.add(key[len(base) :].split("/", 1)[0])
         return sorted(names)
 
     async def list(self) -> AsyncIterator[str]:

@@ -18,13 +18,15 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, Final, Literal, Self, get_args
 
 from zarr.abc.store import Store
-from zarr.storage import WrapperStore
+
+from .._compat import WrapperStore
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterable
 
     from zarr.abc.store import ByteRequest
-    from zarr.core.buffer import Buffer, BufferPrototype
+
+    from .._compat import Buffer, BufferPrototype
 
 __all__ = ["FaultKind", "FaultyStore", "StoreOp"]
 

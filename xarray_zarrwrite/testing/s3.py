@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +26,7 @@ import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -71,10 +71,14 @@ def moto_server_available() -> bool:
     return find_moto_server() is not None
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+_RUNNING_ON = re.compile(rb"Running on http://[^\s:]+:(\d+)")
+
+
+def _bound_port(log: IO[bytes]) -> int | None:
+    """The port the server reports it bound (``-p 0``: the OS picked a free one)."""
+    # pread: the server shares the file offset, so never move it
+    found = _RUNNING_ON.search(os.pread(log.fileno(), 1 << 16, 0))
+    return int(found.group(1)) if found else None
 
 
 def _answers(url: str) -> bool:
@@ -114,19 +118,23 @@ def moto_server(*, port: int | None = None, timeout: float = 30.0) -> Iterator[s
         raise MotoServerUnavailableError(
             "moto_server is not available; install it with `pip install 'moto[server]'`"
         )
-    port = _free_port(HOST) if port is None else port
-    endpoint = f"http://{HOST}:{port}"
+    # Port 0 by default: the server binds a free port itself and logs it, so no other process
+    # can take the port between our choosing it and the server binding it.
     # The server logs every request; a file, unlike a pipe nobody reads, never fills up.
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
-            [executable, "-H", HOST, "-p", str(port)],
+            [executable, "-H", HOST, "-p", str(port or 0)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
             deadline = time.monotonic() + timeout
-            while not _answers(endpoint):
+            endpoint = f"http://{HOST}:{port}" if port else ""
+            while not (endpoint and _answers(endpoint)):
+                if not endpoint and (bound := _bound_port(log)) is not None:
+                    endpoint = f"http://{HOST}:{bound}"
+                    continue
                 if process.poll() is not None or time.monotonic() > deadline:
                     log.seek(0)
                     tail = log.read()[-2000:].decode(errors="replace")
@@ -135,7 +143,8 @@ def moto_server(*, port: int | None = None, timeout: float = 30.0) -> Iterator[s
                         if process.poll() is not None
                         else f"did not answer within {timeout} s"
                     )
-                    raise MotoServerUnavailableError(f"moto_server on {endpoint} {state}:\n{tail}")
+                    where = endpoint or f"{HOST} (port not yet bound)"
+                    raise MotoServerUnavailableError(f"moto_server on {where} {state}:\n{tail}")
                 time.sleep(0.05)
             yield endpoint
         finally:

@@ -7,8 +7,8 @@ import os
 import pathlib
 
 from zarr.abc.store import Store
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
+
+from .._compat import default_buffer_prototype, sync
 
 __all__ = ["snapshot"]
 

@@ -110,7 +110,7 @@ def xarray_baseline(files: list[str], store: str, chunk: int) -> None:
 
 
 def run_convert(files: list[str], store: str, chunk: int, **kw: Any) -> Any:
-    from xarray_zarrwrite._convert import convert
+    from xarray_zarrwrite.convert import convert
 
     with fresh(store):
         report = convert(
@@ -127,7 +127,7 @@ def run_convert(files: list[str], store: str, chunk: int, **kw: Any) -> Any:
 
 def verify(files: list[str], store: str, chunk: int, expected: xr.Dataset) -> None:
     """One convert output against the data itself, bit for bit (not timed)."""
-    from xarray_zarrwrite._convert import convert
+    from xarray_zarrwrite.convert import convert
 
     with fresh(store):
         convert(files, store, chunks={"time": chunk}, resume=False, progress=False)

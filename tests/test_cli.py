@@ -86,11 +86,11 @@ def test_template_write_region_check_round_trip(tmp_path, files, data, capsys):
         == 0
     )
     assert "time=120" in capsys.readouterr().out
-    assert main(["check", store]) == 1  # nothing written yet
+    assert main(["check", store]) == 3  # nothing written yet: incomplete
     assert "INCOMPLETE" in capsys.readouterr().out
     for f in files[:2]:
         assert main(["write-region", f, store]) == 0
-    assert main(["check", store, "--json", str(tmp_path / "c.json")]) == 1
+    assert main(["check", store, "--json", str(tmp_path / "c.json")]) == 3
     status = json.loads((tmp_path / "c.json").read_text())
     assert status["missing"] == {
         "t2m": [["2000-03-21", "2000-04-29"]],
@@ -120,7 +120,7 @@ def test_convert_round_trip_and_resume(tmp_path, files, data, capsys):
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "OK" in out and "3 source(s)" in out
+    assert "COMPLETE" in out and "3 source(s)" in out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["failures"] == [] and report["written"] == report["ntasks"]
     assert_bit_identical(store, data)
@@ -129,21 +129,38 @@ def test_convert_round_trip_and_resume(tmp_path, files, data, capsys):
     assert main(["check", store]) == 0
 
 
-def test_convert_failure_exits_non_zero(tmp_path, files, capsys):
+def test_convert_incomplete_exits_3_and_completes(tmp_path, files, data, capsys):
     store = str(tmp_path / "c.zarr")
-    # a missing middle file is a failure, and check says where
-    assert (
-        main(
-            ["convert", files[0], files[2], store, "--workers", "0", "--no-progress", "--freq", "D"]
-        )
-        == 1
-    )
+    json_path = str(tmp_path / "r.json")
+    # a missing middle file: nothing failed, but the archive is incomplete (exit 3)
+    argv = ["convert", files[0], files[2], store, "--workers", "0", "--no-progress"]
+    assert main([*argv, "--freq", "D", "--json", json_path]) == 3
     out = capsys.readouterr().out
-    assert "FAILED" in out and "no source covers time 2000-02-10 .. 2000-03-20" in out
-    assert main(["check", store]) == 1
-    # invalid input: error on stderr, exit 1
-    assert main(["convert", str(tmp_path / "none-*.nc"), store]) == 1
+    assert "INCOMPLETE" in out and "MISSING time 2000-02-10 .. 2000-03-20" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["status"] == "incomplete" and report["ok"] is False
+    assert main(["check", store]) == 3
+    back = xr.open_zarr(store, chunks=None).load()
+    assert np.isnan(back.t2m.values[40:80]).all()
+    np.testing.assert_array_equal(back.t2m.values[:40], data.t2m.values[:40])
+    np.testing.assert_array_equal(back.t2m.values[80:], data.t2m.values[80:])
+    # the missing file completes it: exit 0
+    argv = ["convert", *files, store, "--workers", "0", "--no-progress"]
+    assert main(argv) == 0
+    assert main(["check", store]) == 0
+    assert_bit_identical(store, data)
+
+
+def test_convert_invalid_input_exits_2(tmp_path, files, capsys):
+    store = str(tmp_path / "c.zarr")
+    assert main(["convert", str(tmp_path / "none-*.nc"), store]) == 2
     assert "no file matches" in capsys.readouterr().err
+    assert main(["convert", files[0], files[0], store, "--no-progress"]) == 2
+    assert "is given 2 times" in capsys.readouterr().err
+    assert main(["convert", files[0], store, "--memory-limit", "lots"]) == 2
+    assert "memory_limit" in capsys.readouterr().err
+    assert main(["convert", store]) == 2
+    assert not (tmp_path / "c.zarr").exists()  # nothing was written
 
 
 def test_python_m_entry_point(tmp_path, files):
@@ -174,7 +191,7 @@ def test_python_m_entry_point(tmp_path, files):
         check=False,
         timeout=300,
     )
-    assert proc.returncode == 1 and "error:" in proc.stderr
+    assert proc.returncode == 2 and "error:" in proc.stderr  # invalid input: no archive
 
 
 def test_demo_small(tmp_path, capsys):

@@ -20,11 +20,20 @@ import pytest
 import xarray as xr
 from zarr.storage import LocalStore, MemoryStore
 
-import xarray_zarrwrite._convert as conv
 from xarray_zarrwrite._check import check
-from xarray_zarrwrite._convert import ConvertReport, convert, plan_tasks
 from xarray_zarrwrite._open import load_template
+from xarray_zarrwrite._store import resolve_store
 from xarray_zarrwrite.api import to_template
+from xarray_zarrwrite.convert import (
+    PEAK_FACTOR,
+    ConvertReport,
+    _payload,
+    convert,
+    expand_sources,
+    plan_tasks,
+)
+from xarray_zarrwrite.convert import _partial as conv
+from xarray_zarrwrite.convert import _task as conv_task
 from xarray_zarrwrite.errors import (
     DimensionMismatchError,
     DtypeCastError,
@@ -296,8 +305,8 @@ def test_local_cluster_by_address_and_small_payloads(tmp_path, full, yearly, cli
     assert report.ok
     assert_bit_identical(store, full)
     # what goes to a worker is a description of the work, not data
-    info = load_template(conv.resolve_store(str(store)))
-    specs = conv.expand_sources(yearly)
+    info = load_template(resolve_store(str(store)))
+    specs = expand_sources(yearly)
     plan = plan_tasks(
         info,
         [
@@ -308,7 +317,7 @@ def test_local_cluster_by_address_and_small_payloads(tmp_path, full, yearly, cli
         write_vars=["t2m", "tcwv"],
         budget=2**30,
     )
-    payload = conv._payload("r", plan.tasks[0], specs, str(store), None, "time", None, None, 3, 1)
+    payload = _payload("r", plan.tasks[0], specs, str(store), None, "time", None, None, 3, 1)
     assert len(pickle.dumps(payload)) < 4000 < plan.tasks[0].nbytes
 
 
@@ -364,7 +373,7 @@ def test_whole_run_killed_then_resume(tmp_path, full, yearly):
         import sys
         sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
         from test_convert import KillingStore
-        from xarray_zarrwrite._convert import convert
+        from xarray_zarrwrite.convert import convert
         if __name__ == "__main__":
             store = KillingStore({str(path)!r}, kill_key="t2m/c/9/0/0", marker={str(marker)!r},
                                  scope="group")
@@ -438,7 +447,7 @@ def test_source_failing_permanently(tmp_path, full):
 
 
 def test_transient_store_errors_are_retried(tmp_path, yearly, full, monkeypatch):
-    monkeypatch.setattr(conv, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(conv_task, "BACKOFF_S", 0.001)
     path = tmp_path / "out.zarr"
     to_template(xr.open_dataset(yearly[0]), path, global_end="2003-12-31", chunks={"time": 100})
     faulty = FaultyStore(LocalStore(path), rate=0.3, seed=3, ops=("set",), max_faults=4)
@@ -449,7 +458,7 @@ def test_transient_store_errors_are_retried(tmp_path, yearly, full, monkeypatch)
 
 
 def test_permanent_store_error_names_region(tmp_path, yearly, full, monkeypatch):
-    monkeypatch.setattr(conv, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(conv_task, "BACKOFF_S", 0.001)
     path = tmp_path / "out.zarr"
     to_template(xr.open_dataset(yearly[0]), path, global_end="2003-12-31", chunks={"time": 100})
     faulty = FaultyStore(LocalStore(path), rate=0.0, permanent_keys=["tcwv/c/3/*"])
@@ -465,26 +474,43 @@ def test_permanent_store_error_names_region(tmp_path, yearly, full, monkeypatch)
     assert check(path).missing == {"tcwv": [(day(300), day(399))]}
 
 
-def test_missing_source_is_a_failure_and_check_shows_it(tmp_path, full, yearly):
+def test_missing_source_is_incomplete_and_check_shows_it(tmp_path, full, yearly):
     path = tmp_path / "out.zarr"
-    files = [yearly[0], yearly[1], yearly[3]]  # 2002 is missing
-    with pytest.raises(WriteFailedError, match=r"no source covers time 2002-01-01 \.\. 2002-12-31"):
-        run(files, path, chunks={"time": 100}, max_workers=0)
-    status = check(path)
-    assert status.missing["t2m"] == [(day(700), day(1099))]  # chunks 7..10
-    # adding the file completes it
-    assert run(yearly, path, chunks={"time": 100}, max_workers=0).ok
+    files = [yearly[0], yearly[1], yearly[3]]  # 2002 (steps 731..1095) is missing
+    report = run(files, path, chunks={"time": 100}, max_workers=0)
+    assert report.status == "incomplete" and not report.ok and not report.failures
+    assert report.missing == ((day(731), day(1095)),)
+    assert report.partial == ((day(700), day(799)), (day(1000), day(1099)))
+    assert "INCOMPLETE" in report.summary() and "MISSING" in report.summary()
+    # the sources' data is all there, the rest is NaN, the partly covered chunks are recorded
+    back = xr.open_zarr(path, chunks=None).load()
+    have = np.r_[0:731, 1096:1461]
+    for name in ("t2m", "tcwv"):
+        np.testing.assert_array_equal(back[name].values[have], full[name].values[have])
+        assert np.isnan(back[name].values[731:1096]).all()
+    record = back.attrs[conv.PARTIAL_ATTR]
+    assert set(record["t2m"]) == {"c/7/0/0", "c/10/0/0"}
+    assert record["t2m"]["c/7/0/0"][0].startswith(day(731))
+    assert len(record["t2m"]["c/7/0/0"]) == 69 and len(record["t2m"]["c/10/0/0"]) == 96
+    assert check(path).missing["t2m"] == [(day(800), day(999))]  # chunks 8..9 not written
+    # adding the file completes it, partial chunks merged, the record gone
+    report = run(yearly, path, chunks={"time": 100}, max_workers=0)
+    assert report.status == "complete" and report.ok and not report.missing
     assert_bit_identical(path, full)
+    assert conv.PARTIAL_ATTR not in xr.open_zarr(path).attrs
 
 
-def test_template_beyond_sources_defers_straddling_chunk(tmp_path, full, yearly):
+def test_template_beyond_sources_writes_straddling_chunk(tmp_path, full, yearly):
     path = tmp_path / "out.zarr"
     report = run(yearly[:2], path, chunks={"time": 100}, global_end="2003-12-31", max_workers=0)
-    assert report.ok  # nothing failed; the rest of the template is for later
-    assert report.deferred == ((day(700), day(730)),)
-    assert report.sources[1].status == "incomplete"
-    assert "not written" in report.summary()
-    assert check(path).missing["t2m"] == [(day(700), "2003-12-31")]
+    assert report.status == "incomplete"  # nothing failed, but a shortfall is not success
+    assert report.partial == ((day(700), day(799)),)
+    assert report.missing == ((day(731), "2003-12-31"),)
+    assert all(s.status == "written" for s in report.sources)
+    back = xr.open_zarr(path, chunks=None).load()
+    np.testing.assert_array_equal(back.t2m.values[:731], full.t2m.values[:731])
+    assert np.isnan(back.t2m.values[731:]).all()
+    assert check(path).missing["t2m"] == [(day(800), "2003-12-31")]
     assert run(yearly, path, max_workers=0).ok
     assert_bit_identical(path, full)
 
@@ -547,7 +573,7 @@ def test_overlapping_sources_are_refused(tmp_path, full):
 def test_bad_arguments(tmp_path, yearly):
     with pytest.raises(FileNotFoundError, match="no file matches"):
         run(str(tmp_path / "nothing-*.nc"), tmp_path / "o.zarr")
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="is given 2 times"):
         run([yearly[0], yearly[0]], tmp_path / "o.zarr")
     with pytest.raises(ValueError, match="memory_limit"):
         run(yearly, tmp_path / "o.zarr", memory_limit="lots")
@@ -576,7 +602,7 @@ def test_plan_tasks_own_every_chunk_exactly_once(full, budget):
     )
     seen: dict[tuple, int] = {}
     for t in plan.tasks:
-        assert t.nbytes * conv.PEAK_FACTOR <= max(budget, 3 * 100 * NLON * 2 * 4 * 2)
+        assert t.nbytes * PEAK_FACTOR <= max(budget, 3 * 100 * NLON * 2 * 4 * 2)
         for name, idxs in t.chunk_indices(info).items():
             for idx in idxs:
                 assert (name, idx) not in seen, "two tasks share a chunk"
@@ -586,7 +612,23 @@ def test_plan_tasks_own_every_chunk_exactly_once(full, budget):
     assert len(seen) == 2 * 15 * 3  # every chunk of both variables
     if budget == 20_000:
         assert plan.split_dim == "lat"  # one block of time chunks does not fit: split maps
-    assert not plan.gaps and not plan.deferred
+    assert not plan.gaps and not plan.partial and not any(t.missing for t in plan.tasks)
+
+
+def test_plan_tasks_write_partly_covered_units(full):
+    info = _info(full, {"time": 100, "lat": -1, "lon": -1})
+    positions = [np.arange(0, 731), np.arange(1096, 1461)]  # 731..1095 missing
+    plan = plan_tasks(info, positions, time_dim="time", write_vars=["t2m"], budget=2**30)
+    assert plan.gaps == ((731, 1096),)
+    assert plan.partial == ((700, 800), (1000, 1100))
+    partial = {t.region["time"]: t for t in plan.tasks if t.missing}
+    assert set(partial) == {(700, 800), (1000, 1100)}
+    assert partial[700, 800].missing == ((731, 800),)
+    assert partial[1000, 1100].missing == ((1000, 1096),)
+    assert [p.dst for p in partial[700, 800].pieces] == [(700, 731)]
+    assert [p.dst for p in partial[1000, 1100].pieces] == [(1096, 1100)]
+    owned = [c for t in plan.tasks for c in t.chunk_indices(info)["t2m"]]
+    assert sorted(owned) == [(i, 0, 0) for i in range(15) if i not in (8, 9)]
 
 
 def test_memory_limit_sizes_tasks_and_reports_peak_rss(tmp_path, full, yearly):

@@ -300,3 +300,151 @@ def test_permanent_store_fault_is_reported(year):
     with pytest.raises(WriteFailedError, match=r"'tcwv' at \[40:41") as e:
         year.isel(time=slice(31, 60)).fastzarr.write_region(faulty)
     assert isinstance(e.value.__cause__, PermissionError)
+
+
+# -- the template-freshness gate: a replaced template is never written with a stale plan ------
+
+PINNED_TIME = {"time": {"units": "days since 1990-01-01", "calendar": "proleptic_gregorian"}}
+
+
+@pytest.mark.parametrize(
+    "same_metadata",
+    [
+        False,
+        pytest.param(
+            True,
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="known limitation: the freshness token is the root metadata document; a "
+                "replacement with identical metadata (units pinned by the user, same length) "
+                "but other coordinate labels keeps it",
+            ),
+        ),
+    ],
+)
+def test_template_replaced_with_another_start_date(year, same_metadata):
+    store = MemoryStore()
+    chunks = {"time": 1, "lat": 12, "lon": 24}
+    jan, feb = year.isel(time=slice(0, 31)), year.isel(time=slice(31, 60))
+    # same length and pinned units: only the time labels differ when same_metadata
+    end = "2000-04-30" if same_metadata else "2000-05-31"
+    jan.fastzarr.to_template(store, global_end="2000-03-30", chunks=chunks, encoding=PINNED_TIME)
+    jan.fastzarr.write_region(store)  # caches the first template in this process
+    feb.fastzarr.to_template(store, global_end=end, chunks=chunks, encoding=PINNED_TIME, mode="w")
+    res = feb.fastzarr.write_region(store)
+    assert res.region["time"] == slice(0, 29)
+    with pytest.raises(RegionLabelError, match="2000-01-01"):
+        jan.fastzarr.write_region(store)  # January is not on the new template's axis
+    back = xr.open_zarr(store).load()
+    assert back.time.values[0] == feb.time.values[0]
+    xr.testing.assert_identical(back.isel(time=slice(0, 29)), feb)
+    assert bool(back.t2m.isel(time=slice(29, None)).isnull().all())
+    assert bool(back.tcwv.isel(time=slice(29, None)).isnull().all())
+
+
+def test_template_replaced_with_another_chunking(year):
+    store = MemoryStore()
+    first = year.isel(time=slice(0, 10))
+    first.fastzarr.to_template(store, global_end="2000-03-31", chunks={"time": 1})
+    first.fastzarr.write_region(store)
+    first.fastzarr.to_template(store, global_end="2000-03-31", chunks={"time": 10}, mode="w")
+    with pytest.raises(RegionAlignmentError, match="chunk size 10"):
+        year.isel(time=slice(10, 15)).fastzarr.write_region(store)
+    year.isel(time=slice(10, 20)).fastzarr.write_region(store)
+    back = xr.open_zarr(store).load()
+    assert zarr.open_array(store, path="t2m").chunks[0] == 10
+    xr.testing.assert_identical(back.isel(time=slice(10, 20)), year.isel(time=slice(10, 20)))
+    # the first write went to the replaced template: nothing of it may remain
+    assert bool(back.t2m.isel(time=slice(0, 10)).isnull().all())
+    assert bool(back.t2m.isel(time=slice(20, None)).isnull().all())
+
+
+def test_no_unit_is_stored_before_the_gate_passes(year):
+    """A stale template raises before any put, even when every unit of the write is whole."""
+    import asyncio
+
+    from xarray_zarrwrite._compat import async_array, sync
+    from xarray_zarrwrite._open import StaleTemplateError, load_template
+    from xarray_zarrwrite._region import plan_region
+    from xarray_zarrwrite._write import encode_plan, write_encoded
+
+    store = MemoryStore()
+    make_template(year, store)
+    info = load_template(store)
+    planned = plan_region(year.isel(time=slice(31, 60)), info)
+    encoded = encode_plan(planned, info)
+    arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
+    before = dict(store._store_dict)
+
+    async def stale() -> None:
+        await asyncio.sleep(0.05)  # slower than encoding: puts would go first without the gate
+        raise StaleTemplateError("replaced")
+
+    with pytest.raises(StaleTemplateError):
+        sync(write_encoded(encoded, arrays, stale))
+    assert dict(store._store_dict) == before
+
+
+# -- retries: every attempt counted once -----------------------------------------------------
+
+
+@pytest.mark.parametrize("retries", [0, 1, 3])
+def test_retries_are_counted_once(year, retries):
+    from xarray_zarrwrite.errors import WriteFailedError
+    from xarray_zarrwrite.testing.faults import FaultyStore
+
+    base = MemoryStore()
+    make_template(year, base, chunks={"time": 1, "lat": 12, "lon": 24})
+    # one put in the whole write (one step of one variable, one chunk), failing every time
+    faulty = FaultyStore(base, rate=1.0, kinds=("error",), ops=("set",))
+    step = year[["t2m"]].isel(time=slice(5, 6))
+    with (
+        xzw.config.set({"retries": retries, "retry_backoff": 0.001}),
+        pytest.raises(WriteFailedError) as e,
+    ):
+        step.fastzarr.write_region(faulty)
+    assert faulty.calls == retries + 1
+    plural = "attempt" if retries == 0 else "attempts"
+    assert f"failed after {retries + 1} {plural} (retries exhausted)" in str(e.value)
+    assert "'t2m' at [5:6, 0:12, 0:24]" in str(e.value)
+    assert isinstance(e.value.__cause__, OSError)
+
+
+def test_permanent_errors_are_tried_once(year):
+    from xarray_zarrwrite.errors import WriteFailedError
+    from xarray_zarrwrite.testing.faults import FaultyStore
+
+    base = MemoryStore()
+    make_template(year, base, chunks={"time": 1, "lat": 12, "lon": 24})
+    faulty = FaultyStore(base, rate=0.0, permanent_keys=["t2m/c/5/*"], ops=("set",))
+    with (
+        xzw.config.set({"retries": 5, "retry_backoff": 0.001}),
+        pytest.raises(WriteFailedError, match=r"after 1 attempt \(not retried") as e,
+    ):
+        year[["t2m"]].isel(time=slice(4, 7)).fastzarr.write_region(faulty)
+    assert faulty.permanent_faults_injected == 1
+    assert isinstance(e.value.__cause__, PermissionError)
+    # the other steps landed
+    back = xr.open_zarr(base).t2m.load()
+    xr.testing.assert_identical(back.isel(time=[4, 6]), year.t2m.isel(time=[4, 6]))
+    assert bool(back.isel(time=5).isnull().all())
+
+
+def test_full_extent_write_stores_non_index_coordinates_of_an_extended_dim(year):
+    """A coordinate along the template's growing axis (cfgrib's ``valid_time``) starts empty
+    in the template; a write covering the whole extent must store it, not skip it."""
+    data = year.isel(time=slice(0, 10))
+    data = data.assign_coords(valid_time=("time", data.time.values + np.timedelta64(6, "h")))
+    store = MemoryStore()
+    data.isel(time=[0]).fastzarr.to_template(
+        store,
+        global_start="2000-01-01",
+        global_end="2000-01-10",
+        freq="D",
+        chunks={"time": 5, "lat": -1, "lon": -1},
+    )
+    data.fastzarr.write_region(store)
+    back = xr.open_zarr(store).load()
+    np.testing.assert_array_equal(back.valid_time.values, data.valid_time.values)
+    assert back.valid_time.values[-1] == data.valid_time.values[-1]
+    xr.testing.assert_equal(back.t2m, data.t2m)

@@ -234,8 +234,8 @@ def test_one_off_writes_go_through_the_callers_own_store(steps):
     xr.testing.assert_identical(back.isel(time=[0]), steps.isel(time=[0]))
     assert back.t2m.isel(time=1).isnull().all()
     # the shared writer still reports the failure once on the caller's thread at close
-    from xarray_zarrwrite.api import _writers
+    from xarray_zarrwrite._runtime import runtime
 
-    writer = next(w for w in _writers.values() if w.store is refusing)
+    writer = next(w for w in runtime.writers.values() if w.store is refusing)
     with pytest.raises(WriteFailedError):
         writer.close()

@@ -271,17 +271,3 @@ def test_template_api_function_equals_accessor(tmp_path):
     a = xzw.to_template(ds, tmp_path / "a")
     b = ds.fastzarr.to_template(tmp_path / "b")
     xr.testing.assert_identical(a, b)
-
-
-def test_interrupted_publish_is_replaced_but_foreign_data_is_not(tmp_path):
-    path = tmp_path / "t.zarr"
-    era5_like(periods=3).fastzarr.to_template(path)
-    (path / "zarr.json").unlink()  # a publish killed before its last step (the root)
-    era5_like(periods=5).fastzarr.to_template(path)
-    assert xr.open_zarr(path).sizes["time"] == 5
-    other = tmp_path / "other"
-    other.mkdir()
-    (other / "notes.txt").write_text("mine")
-    with pytest.raises(StoreExistsError):
-        era5_like(periods=3).fastzarr.to_template(other)
-    assert (other / "notes.txt").read_text() == "mine"

@@ -10,8 +10,6 @@ from . import errors as errors
 from ._check import CheckReport as CheckReport
 from ._check import VariableCompleteness as VariableCompleteness
 from ._check import check as check
-from ._convert import ConvertReport as ConvertReport
-from ._convert import convert as convert
 from ._stream import StreamWriter as StreamWriter
 from ._stream import UnclosedWriterWarning as UnclosedWriterWarning
 from ._stream import WriteFuture as WriteFuture
@@ -23,6 +21,8 @@ from .api import write_region as write_region
 from .codecs import Bitpack as Bitpack
 from .codecs import BitpackCodec as BitpackCodec
 from .config import config as config
+from .convert import ConvertReport as ConvertReport
+from .convert import convert as convert
 from .storage import BufferedStore as BufferedStore
 
 __version__ = "0.1.0"

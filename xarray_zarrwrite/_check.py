@@ -1,6 +1,7 @@
-"""Completeness of an archive: which chunks of which variables were never written.
+"""Completeness of an archive: which write units of which variables were never written.
 
-Region writes store every chunk they write, even a chunk that holds nothing but the fill value
+Counted per write unit (:class:`~xarray_zarrwrite._grid.ChunkGrid`): one stored object, the
+shard when the array is sharded, else the chunk. Region writes store every unit they write, even a chunk that holds nothing but the fill value
 (``write_empty_chunks=True``), so "the chunk object exists" means exactly "the chunk was
 written". :func:`check` lists the chunk objects of every data variable and reports the ones that
 are absent, as chunk indices and as coordinate ranges (time spans) a person can act on.
@@ -13,7 +14,6 @@ those files are reported as :attr:`CheckReport.stray` and never counted as writt
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from zarr.storage import LocalStore
 
-from ._compat import regular_chunk_shape, sync
+from ._compat import sync
+from ._grid import ChunkGrid
 from ._open import load_template
 from ._store import resolve_store
 
@@ -218,40 +219,8 @@ def check(
 
 
 def object_chunks(arr: zarr.Array[Any]) -> tuple[int, ...]:
-    """Shape of one stored object of ``arr``: the shard shape if sharded, else the chunks."""
-    return regular_chunk_shape(arr)
-
-
-def grid_shape(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
-    """Number of chunks along each dimension."""
-    return tuple(math.ceil(n / c) if n else 0 for n, c in zip(shape, chunks, strict=True))
-
-
-def _key_parser(arr: zarr.Array[Any]) -> Callable[[str], ChunkIndex | None]:
-    """A function from a key relative to the array to its chunk index (None if not a chunk)."""
-    meta = arr.metadata
-    ndim = len(arr.shape)
-    if meta.zarr_format == 2:
-        prefix, sep = "", meta.dimension_separator  # "." or "/": zarr validates it
-    else:
-        enc = meta.chunk_key_encoding
-        sep = getattr(enc, "separator", "/")
-        prefix = "" if getattr(enc, "name", "default") == "v2" else "c"
-    zero_d = prefix or "0"
-
-    def parse(rest: str) -> ChunkIndex | None:
-        if ndim == 0:
-            return () if rest == zero_d else None
-        if prefix:
-            if not rest.startswith(prefix + sep):
-                return None
-            rest = rest[len(prefix) + len(sep) :]
-        parts = rest.split(sep)
-        if len(parts) != ndim or not all(p.isdigit() for p in parts):
-            return None
-        return tuple(int(p) for p in parts)
-
-    return parse
+    """Shape of one stored object of ``arr``: its write unit (the shard if sharded)."""
+    return ChunkGrid.from_array(arr).unit
 
 
 def existing_chunks(
@@ -263,16 +232,14 @@ def existing_chunks(
     found: dict[str, set[ChunkIndex]] = {}
     stray: list[str] = []
     for name, keys in zip(names, listed, strict=True):
-        arr = info.zarr_arrays[name]
-        parse = _key_parser(arr)
-        grid = grid_shape(tuple(arr.shape), object_chunks(arr))
+        grid = ChunkGrid.from_array(info.zarr_arrays[name])
         got: set[ChunkIndex] = set()
         for key in keys:
             if PARTIAL_FILE.search(key):
                 stray.append(key)
                 continue
-            idx = parse(key[len(name) + 1 :])
-            if idx is not None and all(i < g for i, g in zip(idx, grid, strict=True)):
+            idx = grid.parse_key(key[len(name) + 1 :])
+            if idx is not None:
                 got.add(idx)
         found[name] = got
     return found, sorted(stray)
@@ -302,23 +269,23 @@ def _walk(root: Path, name: str) -> list[str]:
 def _completeness(
     info: TemplateInfo, name: str, found: set[ChunkIndex], time_dim: str | None
 ) -> VariableCompleteness:
-    arr = info.zarr_arrays[name]
+    grid = ChunkGrid.from_array(info.zarr_arrays[name])
     a = info.arrays[name]
-    chunks = object_chunks(arr)
-    grid = grid_shape(a.shape, chunks)
-    total = math.prod(grid)
+    chunks = grid.unit
+    total = grid.nunits
     if len(found) == total:
         missing_idx: list[ChunkIndex] = []
     else:
-        missing_idx = [idx for idx in np.ndindex(*grid) if idx not in found]
+        missing_idx = [idx for idx in grid.all_coords() if idx not in found]
     range_dim = time_dim if time_dim in a.dims else (a.dims[0] if a.dims else None)
     spans: list[tuple[int, int]] = []
     if range_dim is not None and missing_idx:
         axis = a.dims.index(range_dim)
         blocks = sorted({idx[axis] for idx in missing_idx})
-        c, n = chunks[axis], a.shape[axis]
         for b in blocks:
-            lo, hi = b * c, min((b + 1) * c, n)
+            coords = tuple(b if i == axis else 0 for i in range(grid.ndim))
+            unit = grid.unit_selection(coords)[axis]
+            lo, hi = unit.start, unit.stop
             if spans and spans[-1][1] == lo:
                 spans[-1] = (spans[-1][0], hi)
             else:

@@ -8,7 +8,6 @@ unchanged (one small read per call checks that).
 
 from __future__ import annotations
 
-import threading
 import warnings
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from zarr.storage import StorePath
 
 from ._compat import ArrayConfigParams, ArrayMetadata, default_buffer_prototype, sync, with_config
 from ._encoding import ZarrFormat, cf_encoding
+from ._runtime import runtime
 from ._store import store_key
 from .errors import TemplateNotFoundError
 
@@ -61,14 +61,14 @@ class TemplateInfo:
     zarr_arrays: Mapping[str, zarr.Array[Any]] = field(repr=False)
 
 
-#: Per store key: the root metadata document, the template with no arrays and the metadata
-#: of its arrays (the cache holds no store; :func:`_bind` binds the arrays to the caller's).
-_cache: dict[str, tuple[bytes, TemplateInfo, dict[str, ArrayMetadata]]] = {}
+#: The cache (``runtime.templates``) maps a store key to the root metadata document, the
+#: template with no arrays and the metadata of its arrays (it holds no store; :func:`_bind`
+#: binds the arrays to the caller's).
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
-_lock = threading.Lock()
 
 
 async def _root_document_async(store: Store) -> bytes:
+    """The freshness token: the root document (with consolidated metadata, every array's)."""
     proto = default_buffer_prototype()
     for key in _ROOT_KEYS:
         buf = await store.get(key, prototype=proto)
@@ -91,16 +91,59 @@ def load_template(store: Store) -> TemplateInfo:
     TemplateNotFoundError
         The store holds no Zarr group.
     """
+    return load_template_with_root(store)[0]
+
+
+def load_template_with_root(store: Store) -> tuple[TemplateInfo, bytes]:
+    """:func:`load_template`, plus the root document the template was read under.
+
+    The root document is the template's freshness token: a writer that planned with this
+    template checks, before its first put, that the store's root document is still this one.
+    """
     key = store_key(store)
     root = _root_document(store)
-    with _lock:
-        hit = _cache.get(key)
+    with runtime.lock:
+        hit = runtime.templates.get(key)
+    if hit is not None and hit[0] == root:
+        return _bind(hit[1], hit[2], store), root
+    info = _read_template(store, key)
+    with runtime.lock:
+        runtime.templates[key] = (root, *_unbind(info))
+    return info, root
+
+
+def template_for_root(store: Store, root: bytes) -> TemplateInfo:
+    """The template of ``store`` as it was under the root document ``root``.
+
+    A worker of a long-lived cluster may hold a cache entry from an older template: the entry
+    is used only if it was read under ``root``, else the template is read again, and if the
+    store no longer holds ``root`` the caller's plan is stale.
+
+    Raises
+    ------
+    StaleTemplateError
+        The template in ``store`` is no longer the one of ``root``.
+    """
+    key = store_key(store)
+    with runtime.lock:
+        hit = runtime.templates.get(key)
     if hit is not None and hit[0] == root:
         return _bind(hit[1], hit[2], store)
-    info = _read_template(store, key)
-    with _lock:
-        _cache[key] = (root, *_unbind(info))
+    info, now = load_template_with_root(store)
+    if now != root:
+        raise StaleTemplateError(key)
     return info
+
+
+def verifier(store: Store, root: bytes) -> Callable[[], Coroutine[Any, Any, None]]:
+    """A coroutine function that raises :class:`StaleTemplateError` unless the store's root
+    document is still ``root`` (the freshness gate run before the first put)."""
+
+    async def verify() -> None:
+        if await _root_document_async(store) != root:
+            raise StaleTemplateError(store_key(store))
+
+    return verify
 
 
 class StaleTemplateError(Exception):
@@ -117,18 +160,22 @@ def load_template_optimistic(
     and the caller starts over with :func:`load_template`, so a replaced template is never
     written with stale metadata, and an unchanged one costs no extra round trip.
     """
+    info, _, verify = load_template_gated(store)
+    return info, verify
+
+
+def load_template_gated(
+    store: Store,
+) -> tuple[TemplateInfo, bytes, Callable[[], Coroutine[Any, Any, None]] | None]:
+    """:func:`load_template_optimistic`, plus the root document the template belongs to."""
     key = store_key(store)
-    with _lock:
-        hit = _cache.get(key)
+    with runtime.lock:
+        hit = runtime.templates.get(key)
     if hit is None:
-        return load_template(store), None
+        info, root = load_template_with_root(store)
+        return info, root, None
     root, info, metas = hit
-
-    async def verify() -> None:
-        if await _root_document_async(store) != root:
-            raise StaleTemplateError(key)
-
-    return _bind(info, metas, store), verify
+    return _bind(info, metas, store), root, verifier(store, root)
 
 
 def _unbind(info: TemplateInfo) -> tuple[TemplateInfo, dict[str, ArrayMetadata]]:

@@ -7,7 +7,6 @@ store, so bad input can never write a byte.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from ._grid import ChunkGrid
 from ._store import check_node_name
 from .errors import (
     DimensionMismatchError,
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 __all__ = [
     "RegionPlan",
     "VariableWrite",
-    "chunk_blocks",
     "chunk_pieces",
+    "template_grid",
     "label_positions",
     "plan_region",
 ]
@@ -47,8 +47,17 @@ class VariableWrite:
     name: str
     variable: xr.Variable  # in the template's dimension order, not yet encoded
     selection: tuple[slice, ...]  # in the template array
-    chunks: tuple[int, ...]  # the template array's chunks
-    nchunks: int
+    grid: ChunkGrid  # the template array's grid (write units: shards when sharded)
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """Shape of the template array's write unit (the shard when sharded, else the chunk)."""
+        return self.grid.unit
+
+    @property
+    def nchunks(self) -> int:
+        """Write units (stored objects) this variable touches."""
+        return self.grid.count(self.selection)
 
     @property
     def nbytes(self) -> int:
@@ -113,27 +122,51 @@ def plan_region(
     _check_time_encoding(ds, info)
     slices = _resolve_region(ds, info, region)
     partial = {d for d, s in slices.items() if (s.start, s.stop) != (0, info.sizes[d])}
-    explicit = set(region) if isinstance(region, Mapping) else set()
 
     writes: list[VariableWrite] = []
     skipped: list[str] = []
     for name, var in ds.variables.items():
         name = str(name)
         target = info.arrays.get(name)
-        if name in ds.indexes or (
-            target is not None and target.is_coord and not (set(map(str, var.dims)) & partial)
-        ):
-            skipped.append(name)  # written in full by the template; labels checked above
+        if name in ds.indexes:
+            skipped.append(name)  # the template's labels; checked against the data above
+            continue
+        # A non-index coordinate along dimensions this region covers in full is written
+        # unless the template already holds exactly these values (the coordinates of a
+        # dimension the template extended, e.g. valid_time(time, step), start empty).
+        full = target is not None and target.is_coord and not set(map(str, var.dims)) & partial
+        if full and target is not None and _template_holds(var, target, info):
+            skipped.append(name)
             continue
         if target is None:
             if name in ds.coords:
                 skipped.append(name)  # a coordinate the template does not have: not ours
                 continue
             raise VariableNotInTemplateError(f"variable {name!r} is not in the template")
-        writes.append(_plan_variable(name, var, target, slices, explicit, safe_chunks))
+        grid = template_grid(info, name)
+        writes.append(_plan_variable(name, var, target, grid, slices, safe_chunks))
     if not writes:
         raise RegionError("none of the data's variables is a data variable of the template")
     return RegionPlan(region=slices, writes=tuple(writes), skipped=tuple(skipped))
+
+
+def _template_holds(var: xr.Variable, target: ArrayInfo, info: TemplateInfo) -> bool:
+    """Whether the template's stored coordinate equals ``var`` already (decoded, NaN/NaT
+    equal): then a region covering it in full need not write it again."""
+    arr = info.zarr_arrays.get(target.name)
+    if arr is None or var.size > 1_000_000:  # large coordinates: just write them
+        return False
+    try:
+        stored = xr.decode_cf(
+            xr.Dataset({target.name: xr.Variable(target.dims, arr[...], _cf_attrs(target))})
+        )[target.name].variable
+    except Exception:  # noqa: BLE001 - undecodable: write ours rather than guess
+        return False
+    return bool(stored.shape == var.shape and stored.equals(var))  # type: ignore[no-untyped-call]
+
+
+def _cf_attrs(target: ArrayInfo) -> dict[str, Any]:
+    return {k: v for k, v in target.encoding.items() if k != "dtype"}
 
 
 def _check_time_encoding(ds: xr.Dataset, info: TemplateInfo) -> None:
@@ -323,12 +356,21 @@ def _nearest(axis: pd.Index, label: Any) -> str:
     return f" (nearest template labels: {', '.join(near)})" if near else ""
 
 
+def template_grid(info: TemplateInfo, name: str) -> ChunkGrid:
+    """The grid of template array ``name``: from its zarr array (shards included) if bound."""
+    arr = info.zarr_arrays.get(name)
+    if arr is not None:
+        return ChunkGrid.from_array(arr)
+    a = info.arrays[name]
+    return ChunkGrid(shape=a.shape, chunks=a.chunks)
+
+
 def _plan_variable(
     name: str,
     var: xr.Variable,
     target: ArrayInfo,
+    grid: ChunkGrid,
     slices: Mapping[str, slice],
-    explicit: set[str],
     safe_chunks: bool,
 ) -> VariableWrite:
     dims = tuple(map(str, var.dims))
@@ -345,19 +387,15 @@ def _plan_variable(
     _check_dtype(name, var.dtype, target)
     selection = tuple(slices[d] for d in target.dims)
     if safe_chunks:
-        for dim, sel, chunk, size in zip(
-            target.dims, selection, target.chunks, target.shape, strict=True
-        ):
-            _check_aligned(name, dim, sel.start, sel.stop, chunk, size)
-            if var.chunks is not None:
+        _check_aligned(name, target.dims, selection, grid)
+        if var.chunks is not None:
+            for axis, (dim, sel) in enumerate(zip(target.dims, selection, strict=True)):
                 offset = sel.start
                 for c in var.chunksizes[dim][:-1]:
                     offset += c
-                    _check_aligned(name, dim, offset, offset, chunk, size, dask=True)
-    nchunks = math.prod(
-        (s.stop - 1) // c - s.start // c + 1 for s, c in zip(selection, target.chunks, strict=True)
-    )
-    return VariableWrite(name, var, selection, target.chunks, nchunks)
+                    if not grid.on_boundary(axis, offset):
+                        raise _alignment_error(name, dim, axis, offset, grid, dask=True)
+    return VariableWrite(name, var, selection, grid)
 
 
 def _check_dtype(name: str, dtype: np.dtype[Any], target: ArrayInfo) -> None:
@@ -380,35 +418,38 @@ def _check_dtype(name: str, dtype: np.dtype[Any], target: ArrayInfo) -> None:
 
 
 def _check_aligned(
-    name: str, dim: str, start: int, stop: int, chunk: int, size: int, *, dask: bool = False
+    name: str, dims: tuple[str, ...], selection: tuple[slice, ...], grid: ChunkGrid
 ) -> None:
-    for edge in dict.fromkeys((start, stop)):
-        if edge % chunk and edge != size:
-            lo, hi = edge - edge % chunk, min(edge - edge % chunk + chunk, size)
-            what = "a dask chunk boundary" if dask else "the region boundary"
-            fix = (
-                f"rechunk the data so dask chunks along {dim!r} are multiples of {chunk}"
-                if dask
-                else "align the region, or pass safe_chunks=False if no other writer can "
-                "touch the same chunks (unsafe with concurrent writers)"
-            )
-            raise RegionAlignmentError(
-                f"variable {name!r}: {what} at index {edge} along {dim!r} is not on a chunk "
-                f"boundary of the template (chunk size {chunk}); the nearest aligned choices "
-                f"are {lo} and {hi}; {fix}"
-            )
+    bad = grid.misaligned(selection)
+    if bad is not None:
+        axis, index = bad
+        raise _alignment_error(name, dims[axis], axis, index, grid, dask=False)
+
+
+def _alignment_error(
+    name: str, dim: str, axis: int, index: int, grid: ChunkGrid, *, dask: bool
+) -> RegionAlignmentError:
+    unit, size = grid.unit_name, grid.unit[axis]
+    lo, hi = grid.nearest_boundaries(axis, index)
+    what = "a dask chunk boundary" if dask else "the region boundary"
+    inner = f", inner chunks {grid.chunks[axis]}" if grid.sharded else ""
+    fix = (
+        f"rechunk the data so dask chunks along {dim!r} are multiples of {size}"
+        if dask
+        else f"align the region to whole {unit}s, or pass safe_chunks=False if no other "
+        f"writer can touch the same {unit}s (unsafe with concurrent writers)"
+    )
+    return RegionAlignmentError(
+        f"variable {name!r}: {what} at index {index} along {dim!r} is not on a {unit} "
+        f"boundary of the template ({unit} size {size}{inner}); the nearest aligned choices "
+        f"are {lo} and {hi}; {fix}"
+    )
 
 
 def chunk_pieces(sel: slice, chunk: int) -> list[slice]:
-    """Split one dimension's ``sel`` at the chunk boundaries of the template."""
-    edges = [sel.start, *range((sel.start // chunk + 1) * chunk, sel.stop, chunk), sel.stop]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+    """Split one dimension's ``sel`` every ``chunk`` elements.
 
-
-def chunk_blocks(selection: tuple[slice, ...], chunks: tuple[int, ...]) -> list[tuple[slice, ...]]:
-    """Split ``selection`` into pieces that each fall in one chunk of the template array."""
-    per_dim = [chunk_pieces(sel, c) for sel, c in zip(selection, chunks, strict=True)]
-    blocks: list[tuple[slice, ...]] = [()]
-    for pieces in per_dim:
-        blocks = [(*b, p) for b in blocks for p in pieces]
-    return blocks
+    Deprecated: kept only for callers outside the planner that have not moved to
+    :meth:`ChunkGrid.dim_pieces` (which splits at write units, shards included).
+    """
+    return ChunkGrid(shape=(sel.stop,), chunks=(chunk,)).dim_pieces(0, sel)

@@ -22,7 +22,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["HostPool", "Staged", "is_device_array", "stage"]
+from ._runtime import runtime
+
+__all__ = ["HostPool", "Staged", "is_device_array", "stage", "to_host"]
 
 
 class HostPool:
@@ -79,50 +81,61 @@ class Staged:
 
 
 def is_device_array(data: Any) -> bool:
-    """True for CuPy arrays (without importing CuPy when it is not loaded)."""
-    return type(data).__module__.startswith("cupy")
+    """True for GPU arrays: CuPy's, or any exporting ``__cuda_array_interface__`` (Numba,
+    PyTorch CUDA tensors...). Never imports CuPy; NumPy, dask and host arrays are False.
 
-
-_host_pool = HostPool()
-_pinned_pool: HostPool | None = None
-_copy_stream: Any = None
-_init_lock = threading.Lock()
+    Device arrays must never reach ``np.asarray`` (an implicit, synchronous, pageable copy that
+    CuPy refuses): every path sends them through :func:`stage`'s device snapshot instead.
+    """
+    if type(data).__module__.split(".", 1)[0] == "cupy":
+        return True
+    try:
+        return hasattr(data, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001  (a property that raises: a CPU tensor, for example)
+        return False
 
 
 def stage(data: Any) -> tuple[Staged, HostPool]:
-    """Start copying ``data`` (NumPy or CuPy) into pipeline-owned host memory."""
+    """Start copying ``data`` (NumPy or a device array) into pipeline-owned host memory."""
     if is_device_array(data):
         return _stage_device(data)
     src = np.asarray(data)
-    host = _host_pool.take(src.shape, src.dtype)
+    pool = runtime.slot("staging.host_pool", HostPool)
+    host = pool.take(src.shape, src.dtype)
     if src.nbytes < _INLINE_BYTES:  # not worth a thread hop
         np.copyto(host, src)
-        return Staged(host), _host_pool
-    return Staged(host, _copier().submit(np.copyto, host, src), src), _host_pool
+        return Staged(host), pool
+    return Staged(host, _copier().submit(np.copyto, host, src), src), pool
+
+
+def to_host(data: Any) -> np.ndarray:
+    """``data`` as a host NumPy array: NumPy data is borrowed (no copy), device data is copied
+    through the device snapshot (into a new array: the caller keeps it)."""
+    if not is_device_array(data):
+        return np.asarray(data)
+    staged, pool = stage(data)
+    try:
+        return staged.wait().copy()
+    finally:
+        pool.give(staged.host)
 
 
 _INLINE_BYTES = 1 << 20
-_copy_pool: cf.ThreadPoolExecutor | None = None
 
 
 def _copier() -> cf.ThreadPoolExecutor:
-    global _copy_pool
-    with _init_lock:
-        if _copy_pool is None:
-            _copy_pool = cf.ThreadPoolExecutor(2, thread_name_prefix="xzw-copy")
-        return _copy_pool
+    return runtime.slot(
+        "staging.copy_pool", lambda: cf.ThreadPoolExecutor(2, thread_name_prefix="xzw-copy")
+    )
 
 
 def _stage_device(data: Any) -> tuple[Staged, HostPool]:
     import cupy
 
-    global _pinned_pool, _copy_stream
-    with _init_lock:
-        if _pinned_pool is None:
-            _pinned_pool = HostPool(pinned=True)
-        if _copy_stream is None:
-            _copy_stream = cupy.cuda.Stream(non_blocking=True)
-        pool, stream = _pinned_pool, _copy_stream
+    pool = runtime.slot("staging.pinned_pool", lambda: HostPool(pinned=True))
+    stream = runtime.slot("staging.copy_stream", lambda: cupy.cuda.Stream(non_blocking=True))
+    if not isinstance(data, cupy.ndarray):  # __cuda_array_interface__: a zero-copy view
+        data = cupy.asarray(data)
     produced = cupy.cuda.Event(disable_timing=True)
     produced.record(cupy.cuda.get_current_stream())
     stream.wait_event(produced)  # the copy starts only after the producer's work on `data`

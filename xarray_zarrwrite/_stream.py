@@ -6,9 +6,16 @@ the snapshot, and returns. Everything else (waiting for the copy, CF encoding, t
 pipeline, store I/O) runs in the background: the snapshot and encoding on a small thread pool,
 the chunk writes on zarr's IO loop, sharing the process-wide in-flight limit of region writes.
 
-Errors are never lost: each failed write's future holds its exception, and every background
-error is raised once more on the caller's thread, at the next ``write``, ``flush`` or
-``close``. Writes still pending at interpreter exit are flushed with a warning.
+Errors are never lost, and never misplaced: each failed write's future holds its own
+exception (a StreamWriter over a :class:`~xarray_zarrwrite.BufferedStore` writes to the store
+it wraps, so no put reports another's failure), and every background error is raised once more
+on the caller's thread, at the next ``write``, ``flush`` or ``close``. Writes still pending at
+interpreter exit are flushed with a warning.
+
+Writes to overlapping regions are applied in submission order. Each write checks, before its
+first put, that the template it was planned with is still the one in the store (the freshness
+gate); if it was replaced, the step's snapshot is planned again against the new template, which
+either places it at the right labels or fails its future with a typed error.
 """
 
 from __future__ import annotations
@@ -16,28 +23,33 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures as cf
+import os
 import threading
 import time
 import warnings
-import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
+import numpy as np
 import xarray as xr
 
-from ._compat import async_array, io_loop
-from ._open import load_template
+from ._compat import async_array, io_loop, sync
+from ._open import StaleTemplateError, TemplateInfo, load_template, load_template_gated
 from ._region import RegionPlan, plan_region
+from ._runtime import runtime
 from ._staging import stage
 from ._store import ensure_writable, resolve_store
 from ._template import _as_dataset
 from ._write import EncodedWrite, RegionWriteResult, encode_for_template, write_encoded
 from .errors import WriteFailedError, ZarrWriteError
+from .storage import BufferedStore
 
 if TYPE_CHECKING:
     from types import TracebackType
 
-    from ._open import TemplateInfo
+    from zarr.abc.store import Store
+
     from ._store import StoreLike
     from .codecs.cf import OnOutOfRange
 
@@ -113,12 +125,10 @@ class _Budget:
 
 
 _CHARGE = 1.5
-_live: weakref.WeakSet[StreamWriter] = weakref.WeakSet()
-_atexit_registered = False
 
 
 def _flush_at_exit() -> None:
-    for writer in list(_live):
+    for writer in list(runtime.live):
         pending = writer.pending
         if pending:
             warnings.warn(
@@ -140,11 +150,34 @@ def _register_exit_hook() -> None:
     # `concurrent.futures` refuses new work once interpreter shutdown has begun: its own hook
     # runs through `threading._register_atexit`, *before* plain `atexit` handlers. Ours must run
     # earlier still, so it uses the same (private, but long-stable) hook, registered later.
+    with runtime.lock:
+        if runtime.exit_hook_registered:
+            return
+        runtime.exit_hook_registered = True  # inherited by a forked child, like the hook
     register = getattr(threading, "_register_atexit", None)
     if register is None:  # pragma: no cover
         atexit.register(_flush_at_exit)
     else:
         register(_flush_at_exit)
+
+
+def _unbuffered(store: Store) -> Store:
+    """The store a StreamWriter puts to: a :class:`BufferedStore`'s wrapped store.
+
+    A StreamWriter is itself a bounded write-behind pipeline with retries. Writing through a
+    BufferedStore would report a failed put on whichever later put happens to run next (that
+    is how a plain ``to_zarr`` user learns of it), so a step's failure would land on another
+    step's future. Queued writes of the buffer are flushed first, so none is overtaken.
+    """
+    if isinstance(store, BufferedStore):
+        store.flush_sync()
+        return store._store
+    return store
+
+
+def _overlaps(a: Mapping[str, slice], b: Mapping[str, slice]) -> bool:
+    """True when two regions share at least one element (dims missing from one: all of it)."""
+    return all(a[d].start < b[d].stop and b[d].start < a[d].stop for d in a.keys() & b.keys())
 
 
 class StreamWriter:
@@ -183,30 +216,34 @@ class StreamWriter:
         on_out_of_range: OnOutOfRange = "raise",
         threads: int = 2,
     ) -> None:
-        global _atexit_registered
         if not (isinstance(max_inflight_mb, int | float) and max_inflight_mb > 0):
             raise ZarrWriteError(f"max_inflight_mb must be positive, got {max_inflight_mb!r}")
         self.store = resolve_store(store, storage_options=storage_options)
         ensure_writable(self.store)
-        self.info: TemplateInfo = load_template(self.store)
+        self._target = _unbuffered(self.store)
+        self.info: TemplateInfo = load_template(self._target)
         self._safe_chunks = safe_chunks
         self._on_out_of_range = on_out_of_range
         self._budget = _Budget(int(max_inflight_mb * 2**20))
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="xzw-stage")
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._inflight: set[cf.Future[Any]] = set()
+        self._recent: list[WriteFuture] = []  # not yet done, in submission order
         self._unreported: list[BaseException] = []
         self.failed: list[WriteFuture] = []
         self.written = 0
         self._closed = False
-        _live.add(self)
-        if not _atexit_registered:
-            _register_exit_hook()
-            _atexit_registered = True
+        runtime.live.add(self)
+        _register_exit_hook()
 
     # -- public API ---------------------------------------------------------------------------
     def write(self, ds: xr.Dataset | xr.DataArray, *, region: Any = "auto") -> WriteFuture:
         """Validate, snapshot and queue ``ds``; returns at once with a :class:`WriteFuture`.
+
+        The template is checked for freshness before the write's first put (a template
+        replaced since it was read is read again, and the step re-planned against it). Writes
+        to overlapping regions are applied in the order of their ``write`` calls.
 
         Raises
         ------
@@ -216,8 +253,7 @@ class StreamWriter:
         self._check_open()
         self._raise_unreported()
         ds = _as_dataset(ds)
-        info = self.info  # read once: a template does not change under its writer
-        plan = plan_region(ds, info, region, safe_chunks=self._safe_chunks)
+        plan, info, verify = self._plan(ds, region)
         # charged for its snapshot plus the encoder's transient buffers (measured: the
         # pipeline's resident memory peaks at about 1.4x the snapshots in flight)
         nbytes = int(plan.nbytes * _CHARGE)
@@ -228,11 +264,33 @@ class StreamWriter:
         except BaseException:
             self._budget.release(nbytes)
             raise
-        job = self._pool.submit(self._encode, plan, info, staged, fut)
         with self._lock:
+            self._recent = [f for f in self._recent if not f.done()]
+            after = [f.committed for f in self._recent if _overlaps(f.region, fut.region)]
+            self._recent.append(fut)
             self._inflight.add(fut.committed)
-        job.add_done_callback(lambda j: self._after_encode(j, info, fut, staged, nbytes))
+        # kept for a re-plan against a replaced template: coordinates, not the caller's data
+        # (the snapshots stand in for the variables written)
+        rest = ds.drop_vars([w.name for w in plan.writes if w.name in ds.data_vars])
+        job = _Job(rest, region, plan, info, verify, staged, fut, nbytes, after)
+        io = asyncio.run_coroutine_threadsafe(self._run(job), io_loop())
+        io.add_done_callback(lambda io: self._after_run(io, job))
         return fut
+
+    def _plan(self, ds: xr.Dataset, region: Any) -> tuple[RegionPlan, TemplateInfo, Verify]:
+        """Plan with the cached template; an error is raised only after proving it current."""
+        info, _, verify = load_template_gated(self._target)
+        try:
+            return plan_region(ds, info, region, safe_chunks=self._safe_chunks), info, verify
+        except ZarrWriteError:
+            if verify is None:
+                raise
+            try:
+                sync(verify())
+            except StaleTemplateError:
+                info = load_template(self._target)
+                return plan_region(ds, info, region, safe_chunks=self._safe_chunks), info, None
+            raise
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait for every queued write to be committed; raise the first unreported error."""
@@ -250,6 +308,9 @@ class StreamWriter:
 
     def close(self) -> None:
         """Flush, release resources, and raise any error not raised yet."""
+        if self._pid != os.getpid():  # a forked child's copy: the parent's writes, not ours
+            self._closed = True
+            return
         if self._closed:
             self._raise_unreported()
             return
@@ -258,7 +319,7 @@ class StreamWriter:
         finally:
             self._closed = True
             self._pool.shutdown(wait=True)
-            _live.discard(self)
+            runtime.live.discard(self)
 
     @property
     def pending(self) -> int:
@@ -289,13 +350,52 @@ class StreamWriter:
             exc.add_note(f"also, a background write failed: {bg!r}")
 
     # -- pipeline -----------------------------------------------------------------------------
+    async def _run(self, job: _Job) -> RegionWriteResult:
+        """Snapshot, encode, wait for earlier writes to the region, gate, put (on the IO loop)."""
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        hosts = await loop.run_in_executor(self._pool, self._snapshot, job)
+        encoded = await loop.run_in_executor(self._pool, self._encode, job.plan, job.info, hosts)
+        if job.after:  # the same region, submitted earlier: theirs must land first
+            await asyncio.gather(*map(asyncio.wrap_future, job.after), return_exceptions=True)
+        plan, info, verify = job.plan, job.info, job.verify
+        for _ in range(_REPLANS):
+            arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
+            try:
+                nchunks, nb = await write_encoded(encoded, arrays, verify)
+                break
+            except StaleTemplateError:  # replaced since planned: plan the snapshot again
+                plan, info, encoded = await loop.run_in_executor(
+                    self._pool, self._replan, job, hosts
+                )
+                verify = None
+        else:  # pragma: no cover  (the template replaced again and again while we write)
+            raise WriteFailedError(
+                f"the template in {self.store} kept changing while region {job.fut.region} "
+                "was written; nothing of it was written"
+            )
+        return RegionWriteResult(
+            region=dict(plan.region),
+            variables=tuple(w.name for w in encoded),
+            nchunks=nchunks,
+            nbytes=nb,
+            seconds=time.perf_counter() - t0,
+        )
+
+    def _snapshot(self, job: _Job) -> list[np.ndarray]:
+        try:
+            hosts = [s.wait() for _, s, _ in job.staged]
+        except BaseException as e:
+            job.fut.copied.set_exception(e)
+            raise
+        job.fut.copied.set_result(None)
+        return hosts
+
     def _encode(
-        self, plan: RegionPlan, info: TemplateInfo, staged: list[Any], fut: WriteFuture
+        self, plan: RegionPlan, info: TemplateInfo, hosts: list[np.ndarray]
     ) -> list[EncodedWrite]:
-        hosts = [s.wait() for _, s, _ in staged]
-        fut.copied.set_result(None)
         out = []
-        for (w, _, _), host in zip(staged, hosts, strict=True):
+        for w, host in zip(plan.writes, hosts, strict=True):
             var = w.variable.copy(deep=False, data=host)
             data = encode_for_template(
                 w.name, var, info.arrays[w.name], info.zarr_format, self._on_out_of_range
@@ -303,41 +403,26 @@ class StreamWriter:
             out.append(EncodedWrite(w.name, data, w.selection, w.chunks))
         return out
 
-    def _after_encode(
-        self,
-        job: cf.Future[list[EncodedWrite]],
-        info: TemplateInfo,
-        fut: WriteFuture,
-        staged: list[Any],
-        nbytes: int,
-    ) -> None:
-        err = job.exception()
-        if err is not None:
-            if not fut.copied.done():
-                fut.copied.set_exception(err)
-            self._finish(fut, staged, nbytes, None, err)
-            return
-        encoded = job.result()
-        arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
-        t0 = time.perf_counter()
-        io = asyncio.run_coroutine_threadsafe(write_encoded(encoded, arrays), io_loop())
+    def _replan(
+        self, job: _Job, hosts: list[np.ndarray]
+    ) -> tuple[RegionPlan, TemplateInfo, list[EncodedWrite]]:
+        """Plan the step's snapshot against the template as it is now (typed errors if the new
+        template has no place for it)."""
+        snap = job.ds.copy(deep=False)
+        for w, host in zip(job.plan.writes, hosts, strict=True):
+            snap[w.name] = w.variable.copy(deep=False, data=host)
+        info = load_template(self._target)
+        plan = plan_region(snap, info, job.region, safe_chunks=self._safe_chunks)
+        if dict(plan.region) != job.fut.region:
+            job.fut.region = dict(plan.region)
+        new_hosts = [np.asarray(w.variable.data) for w in plan.writes]
+        return plan, info, self._encode(plan, info, new_hosts)
 
-        def done(io: cf.Future[tuple[int, int]]) -> None:
-            e = io.exception()
-            if e is not None:
-                self._finish(fut, staged, nbytes, None, e)
-                return
-            nchunks, nb = io.result()
-            result = RegionWriteResult(
-                region=fut.region,
-                variables=tuple(w.name for w in encoded),
-                nchunks=nchunks,
-                nbytes=nb,
-                seconds=time.perf_counter() - t0,
-            )
-            self._finish(fut, staged, nbytes, result, None)
-
-        io.add_done_callback(done)
+    def _after_run(self, io: cf.Future[RegionWriteResult], job: _Job) -> None:
+        err = io.exception()
+        if err is not None and not job.fut.copied.done():
+            job.fut.copied.set_exception(err)
+        self._finish(job.fut, job.staged, job.nbytes, None if err else io.result(), err)
 
     def _finish(
         self,
@@ -379,5 +464,29 @@ class StreamWriter:
         raise first
 
     def _check_open(self) -> None:
+        if self._pid != os.getpid():
+            raise ZarrWriteError(
+                "this StreamWriter was created in the parent of this forked process and "
+                "cannot write here; create a new StreamWriter in the child"
+            )
         if self._closed:
             raise ZarrWriteError("this StreamWriter is closed")
+
+
+_REPLANS = 3
+Verify = Callable[[], Coroutine[Any, Any, None]] | None
+
+
+@dataclass
+class _Job:
+    """One queued write, as the background pipeline needs it."""
+
+    ds: xr.Dataset
+    region: Any
+    plan: RegionPlan
+    info: TemplateInfo
+    verify: Verify
+    staged: list[Any]
+    fut: WriteFuture
+    nbytes: int
+    after: list[cf.Future[Any]] = field(default_factory=list)

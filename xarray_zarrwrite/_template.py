@@ -9,9 +9,10 @@ claims arrays which are not there.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import warnings
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,14 @@ from ._encoding import (
     ZARR_FORMATS,
     ZarrFormat,
     cf_encoding,
+    complete_fill,
     encode_coordinates,
     encode_variable,
+    pin_time_encoding,
     zarr_fill_and_attrs,
 )
 from ._store import check_node_name, ensure_writable, resolve_store
+from .codecs.bitpack_v2 import with_chunk_size
 from .config import config
 from .errors import ChunkSpecError, StoreExistsError, TemplateError
 
@@ -128,7 +132,9 @@ def to_template(
     storage_options
         fsspec options for URLs.
     mode
-        ``"w-"`` (default) fails if the target holds anything; ``"w"`` replaces it.
+        ``"w-"`` (default) fails, changing nothing, if the target holds anything other than
+        what an interrupted ``to_template`` left (recognised by its publish marker, which
+        is written first and removed last); ``"w"`` replaces whatever is there.
 
     Returns
     -------
@@ -378,22 +384,44 @@ async def _stage(
     attrs = {str(k): _json_attr(v) for k, v in gattrs.items()}
     group = await zasync.open_group(store=staged, mode="w", zarr_format=fmt, attributes=attrs)
     extended = set(full)
-    jobs = []
-    for name, var in variables.items():
-        user = spec.encoding.get(name, {})
-        if name in ds.indexes or (name in ds.coords and not extended & set(map(str, var.dims))):
-            # coordinates that do not grow are written once, in full, with their values
-            # loading may read lazily opened sources through zarr's own sync API: off the loop
-            values = await asyncio.to_thread(_full_variable, var, name, full)
-            jobs.append(_create_coordinate(group, name, values, user, fmt))
-        else:
-            enc = {**cf_encoding(var.encoding), **packed.get(name, {}), **user}
-            extra = enc.pop("__attrs__", {})
-            if extra:
-                var = var.copy(deep=False)
-                var.attrs = {**var.attrs, **extra}
-            jobs.append(_create_data_array(group, name, var, enc, full, chunking, spec))
+    jobs: list[Coroutine[Any, Any, None]] = []
+    try:
+        for name, var in variables.items():
+            user = spec.encoding.get(name, {})
+            if name in ds.indexes or (name in ds.coords and not extended & set(map(str, var.dims))):
+                # coordinates that do not grow are written once, in full, with their values
+                # loading may read lazily opened sources through zarr's own sync API: off the loop
+                values = await asyncio.to_thread(_full_variable, var, name, full)
+                jobs.append(_create_coordinate(group, name, values, user, fmt))
+            else:
+                enc = {**cf_encoding(var.encoding), **packed.get(name, {}), **user}
+                if var.dtype.kind in "mM":
+                    enc = await asyncio.to_thread(_time_enc, var, name, enc, user, full, spec)
+                enc = complete_fill(var.dtype, enc)
+                extra = enc.pop("__attrs__", {})
+                if extra:
+                    var = var.copy(deep=False)
+                    var.attrs = {**var.attrs, **extra}
+                jobs.append(_create_data_array(group, name, var, enc, full, chunking, spec))
+    except BaseException:
+        for job in jobs:  # never awaited: close them, so none is left dangling
+            job.close()
+        raise
     await asyncio.gather(*jobs)
+
+
+def _time_enc(
+    var: xr.Variable,
+    name: str,
+    enc: dict[str, Any],
+    user: Mapping[str, Any],
+    full: dict[str, pd.Index],
+    spec: TemplateSpec,
+) -> dict[str, Any]:
+    axis = full.get(spec.time_dim) if spec.time_dim is not None else None
+    reference = axis[0] if isinstance(axis, pd.DatetimeIndex) else None
+    # time variables are small (valid_time(time, step) and the like): load them whole
+    return pin_time_encoding(var.values, name, enc, user, reference)
 
 
 def _full_variable(var: xr.Variable, name: str, full: dict[str, pd.Index]) -> xr.Variable:
@@ -415,7 +443,7 @@ async def _create_coordinate(
     fmt: ZarrFormat,
 ) -> None:
     var = var.copy(deep=False)
-    var.encoding = {**cf_encoding(var.encoding), **user}
+    var.encoding = complete_fill(var.dtype, {**cf_encoding(var.encoding), **user})
     codec_kwargs = {k: var.encoding.pop(k) for k in ZARR_ENCODING_KEYS if k in var.encoding}
     encoded = encode_variable(var, name, fmt)
     data = np.asarray(encoded.values)
@@ -458,6 +486,9 @@ async def _create_data_array(
     )
     shape = tuple(len(full[d]) if d in full else n for d, n in var.sizes.items())
     chunks = tuple(min(chunking[str(d)], max(n, 1)) for d, n in zip(var.dims, shape, strict=True))
+    for key in ("filters", "compressors"):  # v2 bitpack decoders learn the chunk size
+        if key in codec_kwargs:
+            codec_kwargs[key] = with_chunk_size(codec_kwargs[key], math.prod(chunks))
     try:
         await group.create_array(
             name,
@@ -499,30 +530,61 @@ def _json_attr(value: Any) -> Any:
 
 
 _ROOT_DOCS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zmetadata", ".zarray"})
+_GROUP_DOCS = ("zarr.json", ".zgroup")  # the documents that make a group: written last
 _ARRAY_KEY = re.compile(r"^[^/]+/(zarr\.json|\.zarray|\.zattrs|c/[0-9/]+|[0-9.]+)$")
+#: Written before anything else when publishing, removed last: leftovers are ours only with it.
+PUBLISH_MARKER = ".xarray_zarrwrite-publishing"
+_MARKER_BODY = b'{"xarray_zarrwrite": "template publish in progress"}\n'
 
 
-async def _interrupted_publish(target: Store) -> bool:
-    """True when the target holds only array documents and chunks, and no root document.
+async def _interrupted_publish(target: Store) -> list[str] | None:
+    """The keys an interrupted publish of ours left, or None when the target is not that.
 
-    That is what a publish killed before its last step (the root) leaves behind: nothing a
-    reader can open, safe to replace. Anything else (a root, or unrelated files) is kept.
+    Ours means: the publish marker is there, no group document is (the group document is
+    the last thing a publish writes, so a root means a finished template), and every other
+    key is an array document or chunk, as a publish writes them. Anything else is kept.
     """
     keys = [k async for k in target.list()]
-    return bool(keys) and all(k not in _ROOT_DOCS and _ARRAY_KEY.match(k) for k in keys)
+    if PUBLISH_MARKER not in keys or any(k in keys for k in _GROUP_DOCS):
+        return None
+    rest = [k for k in keys if k != PUBLISH_MARKER]
+    if all(k in _ROOT_DOCS or _ARRAY_KEY.match(k) for k in rest):
+        return rest
+    return None
+
+
+async def _clear(target: Store, mode: str) -> None:
+    """Make room for the publish: refuse (``"w-"``) unless what is there is ours."""
+    if await target.is_empty(""):
+        return
+    if mode == "w":
+        await target.delete_dir("")
+        return
+    leftovers = await _interrupted_publish(target)
+    if leftovers is None:
+        raise StoreExistsError(
+            f"the target {target} already holds data; nothing was changed. Pass mode='w' to "
+            "replace it, or choose an empty location"
+        )
+    # the marker stays: a crash while clearing still leaves leftovers that are ours
+    limit = asyncio.Semaphore(int(config.get("concurrency")))
+
+    async def delete(key: str) -> None:
+        async with limit:
+            await target.delete(key)
+
+    await asyncio.gather(*(delete(k) for k in leftovers))
 
 
 async def _publish(staged: MemoryStore, target: Store, mode: str) -> None:
-    if not await target.is_empty(""):
-        if mode == "w-" and not await _interrupted_publish(target):
-            raise StoreExistsError(
-                f"the target {target} already holds data; pass mode='w' to replace it"
-            )
-        await target.delete_dir("")
+    """Copy ``staged`` to ``target``: marker first, arrays, root documents, group document
+    last, then remove the marker."""
+    await _clear(target, mode)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
         await zasync.consolidate_metadata(staged)
     proto = default_buffer_prototype()
+    await target.set(PUBLISH_MARKER, proto.buffer.from_bytes(_MARKER_BODY))
     keys = [k async for k in staged.list()]
     roots = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
     limit = asyncio.Semaphore(int(config.get("concurrency")))
@@ -534,4 +596,6 @@ async def _publish(staged: MemoryStore, target: Store, mode: str) -> None:
             await target.set(key, buf)
 
     await asyncio.gather(*(copy(k) for k in keys if k not in roots))
-    await asyncio.gather(*(copy(k) for k in keys if k in roots))  # root last: publishes the rest
+    await asyncio.gather(*(copy(k) for k in keys if k in roots and k not in _GROUP_DOCS))
+    await asyncio.gather(*(copy(k) for k in keys if k in _GROUP_DOCS))  # publishes the rest
+    await target.delete(PUBLISH_MARKER)

@@ -1,8 +1,10 @@
-"""Executing a region plan: encode, then write every chunk of every variable concurrently.
+"""Executing a region plan: encode, then store every write unit of every variable concurrently.
 
-One async implementation serves blocking and non-blocking callers. All chunk writes of a
-process share one in-flight limit (``config["concurrency"]``), so twenty variables of four
-chunks each cost one round trip of store latency, not twenty.
+The write unit is the shard when the template array is sharded, else the chunk; all grid
+arithmetic is :class:`~xarray_zarrwrite._grid.ChunkGrid`'s. One async implementation serves
+blocking and non-blocking callers. All unit writes of a process share one in-flight limit
+(``config["concurrency"]``), so twenty variables of four chunks each cost one round trip of
+store latency, not twenty.
 """
 
 from __future__ import annotations
@@ -11,19 +13,21 @@ import asyncio
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
-from ._compat import chunk_path, chunk_spec, encode_chunks
+from ._compat import chunk_spec, encode_chunks
 from ._encoding import ZarrFormat, encode_variable
+from ._grid import ChunkGrid, UnitPiece
 from ._open import StaleTemplateError
-from ._region import chunk_blocks
+from ._runtime import runtime
 from .codecs.cf import check_packed_range
 from .config import config
 from .errors import RegionError, WriteFailedError
-from .storage._buffered import is_transient_error
+from .storage._retry import retry_call
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -48,7 +52,7 @@ class RegionWriteResult:
     variables
         Names of the variables written.
     nchunks
-        Chunk writes issued.
+        Write units stored (shards when the template is sharded, else chunks).
     nbytes
         Uncompressed bytes written.
     seconds
@@ -69,7 +73,7 @@ class EncodedWrite:
     name: str
     data: np.ndarray
     selection: tuple[slice, ...]
-    chunks: tuple[int, ...]
+    chunks: tuple[int, ...]  # the plan's write unit; the writer re-derives it from the array
 
 
 def encode_for_template(
@@ -122,16 +126,9 @@ def encode_plan(
     return out
 
 
-_limits: dict[int, asyncio.Semaphore] = {}
-
-
 def _limit() -> asyncio.Semaphore:
-    """The process-wide in-flight limit of the running event loop."""
-    loop = asyncio.get_running_loop()
-    sem = _limits.get(id(loop))
-    if sem is None:
-        sem = _limits[id(loop)] = asyncio.Semaphore(int(config.get("concurrency")))
-    return sem
+    """The process-wide in-flight limit of the running event loop, sized by the config now."""
+    return runtime.limit(int(config.get("concurrency")))
 
 
 async def write_encoded(
@@ -139,88 +136,106 @@ async def write_encoded(
     arrays: Mapping[str, AsyncArray[Any]],
     verify: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[int, int]:
-    """Encode and write every chunk of every variable concurrently; returns (nchunks, nbytes).
+    """Encode and store every write unit of every variable concurrently.
 
-    Whole chunks (the array's edge chunks included) go through the array's own codec pipeline
-    and then straight to the store, all variables at once, with only the store puts under the
-    process-wide limit: twenty variables of four chunks cost one round trip of store latency.
-    Partial chunks (``safe_chunks=False``) take zarr's read-modify-write path. ``verify``, if
-    given, runs alongside encoding, and no chunk is stored unless it succeeds.
+    Returns ``(units written, uncompressed bytes)``. The write unit is the shard when the
+    array is sharded, else the chunk (see :class:`~xarray_zarrwrite._grid.ChunkGrid`). Whole
+    units (the array's edge units included) go through the array's own codec pipeline (a
+    shard's is the sharding codec) and then straight to the store, all variables at once,
+    with only the store puts under the process-wide limit. Partial units (planned only with
+    ``safe_chunks=False``) take zarr's read-modify-write path.
+
+    ``verify``, if given, runs alongside encoding and every put waits for it: no unit is
+    stored before the template is known unchanged, and a replaced template raises
+    :class:`~xarray_zarrwrite._open.StaleTemplateError` with nothing written.
 
     Raises
     ------
     WriteFailedError
-        A chunk write failed (after retries for transient errors); names the variable and the
-        chunk's selection.
+        A unit could not be encoded or stored; names the variable, the unit, its selection
+        and how many attempts were made (transient errors are retried ``config["retries"]``
+        times, other errors are not).
     """
     limit = _limit()
     retries, backoff = int(config.get("retries")), float(config.get("retry_backoff"))
     gate = asyncio.ensure_future(verify()) if verify is not None else None
 
-    async def retrying(w: EncodedWrite, block: tuple[slice, ...], put: Any) -> None:
+    async def put(w: EncodedWrite, grid: ChunkGrid, piece: UnitPiece, op: Any) -> None:
+        if gate is not None:
+            await gate  # the template-freshness gate: nothing is stored before it passes
         async with limit:
-            for attempt in range(retries + 1):
-                try:
-                    await put()
-                    return
-                except Exception as e:
-                    if isinstance(e, StaleTemplateError):
-                        raise
-                    if attempt < retries and is_transient_error(e):
-                        await asyncio.sleep(backoff * 2**attempt * (0.5 + random.random()))
-                        continue
-                    tries = f" after {attempt + 1} attempts" if attempt else ""
-                    raise WriteFailedError(
-                        f"writing {w.name!r} at {_fmt(block)} failed{tries}: "
-                        f"{type(e).__name__}: {e}"
-                    ) from e
+            await _with_retries(w.name, grid, piece, op, retries, backoff)
 
     async def one_variable(w: EncodedWrite) -> int:
         arr = arrays[w.name]
-        # (block, its selection in w.data, its chunk coordinates)
-        whole: list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]] = []
-        partial: list[tuple[tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]] = []
-        for block in chunk_blocks(w.selection, w.chunks):
-            local = tuple(
-                slice(b.start - s.start, b.stop - s.start)
-                for b, s in zip(block, w.selection, strict=True)
-            )
-            coords = tuple(b.start // c for b, c in zip(block, w.chunks, strict=True))
-            edge = tuple(
-                min((i + 1) * c, n) for i, c, n in zip(coords, w.chunks, arr.shape, strict=True)
-            )
-            aligned = all(
-                b.start == i * c and b.stop == e
-                for b, i, c, e in zip(block, coords, w.chunks, edge, strict=True)
-            )
-            (whole if aligned else partial).append((block, local, coords))
+        grid = ChunkGrid.from_array(arr)
+        pieces = grid.pieces(w.selection)
+        whole = [p for p in pieces if p.whole]
         jobs = []
-        if gate is not None and not whole:
-            await gate
         if whole:
-            spec = chunk_spec(arr, whole[0][2])
-            items = [(_chunk_buffer(w.data[local], spec), spec) for _, local, _ in whole]
+            specs = [chunk_spec(arr, p.coords) for p in whole]
+            items = [
+                (_chunk_buffer(w.data[p.local], spec), spec)
+                for p, spec in zip(whole, specs, strict=True)
+            ]
             try:
                 encoded = await encode_chunks(arr, items)
             except Exception as e:
+                if gate is not None:
+                    await gate  # a replaced template explains the failure: re-plan instead
                 raise WriteFailedError(
                     f"encoding {w.name!r} failed: {type(e).__name__}: {e}"
                 ) from e
-            for (block, _, coords), buf in zip(whole, encoded, strict=True):
-                path = chunk_path(arr, coords)
-                jobs.append(retrying(w, block, lambda path=path, buf=buf: path.set(buf)))
-        for block, local, _ in partial:
-            data = w.data[local]
-            jobs.append(retrying(w, block, lambda b=block, d=data: arr.setitem(b, d)))
+            for p, buf in zip(whole, encoded, strict=True):
+                path = grid.path(arr, p.coords)
+                # an encoder that returns nothing (an all-fill unit it chose to drop) means
+                # "no object": delete, so an older unit at this key cannot survive
+                store_op = path.delete if buf is None else partial(path.set, buf)
+                jobs.append(put(w, grid, p, store_op))
+        for p in pieces:
+            if not p.whole:
+                data = w.data[p.local]
+                jobs.append(put(w, grid, p, lambda p=p, d=data: arr.setitem(p.selection, d)))
         await _gather(jobs)
         return len(jobs)
 
     try:
         counts = await _gather([one_variable(w) for w in writes])
     finally:
-        if gate is not None and not gate.done():
-            gate.cancel()
+        if gate is not None:
+            if not gate.done():
+                gate.cancel()
+            elif not gate.cancelled():
+                gate.exception()  # retrieved: a stale template is re-raised by the puts
     return sum(counts), sum(w.data.nbytes for w in writes)
+
+
+_rng = random.Random()
+
+
+async def _with_retries(
+    name: str, grid: ChunkGrid, piece: UnitPiece, op: Any, retries: int, backoff: float
+) -> None:
+    """Run one store operation through the storage engine's one retry loop.
+
+    Transient errors are retried ``retries`` times, every attempt counted once (an error a
+    wrapped ``BufferedStore`` already retried is marked, and not retried again here).
+    """
+    error, attempts = await retry_call(op, retries, backoff, _rng, _no_op)
+    if error is None:
+        return
+    if isinstance(error, StaleTemplateError):
+        raise error
+    why = "retries exhausted" if attempts > retries else "not retried: permanent error"
+    plural = "attempt" if attempts == 1 else "attempts"
+    raise WriteFailedError(
+        f"writing {name!r} at {_fmt(piece.selection)} ({grid.unit_name} {piece.coords}) "
+        f"failed after {attempts} {plural} ({why}): {type(error).__name__}: {error}"
+    ) from error
+
+
+def _no_op() -> None:
+    pass
 
 
 async def _gather(jobs: list[Any]) -> list[Any]:

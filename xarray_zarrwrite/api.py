@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -11,12 +12,15 @@ import xarray as xr
 from zarr.abc.store import Store
 
 from ._compat import async_array, sync
-from ._open import StaleTemplateError, load_template, load_template_optimistic
+from ._dask import RegionTarget
+from ._open import StaleTemplateError, load_template, load_template_gated, load_template_with_root
 from ._region import chunk_pieces, plan_region
+from ._runtime import runtime
+from ._staging import is_device_array, to_host
 from ._store import ensure_writable, resolve_store, store_key
 from ._stream import StreamWriter, WriteFuture
 from ._template import _as_dataset, open_template, to_template
-from ._write import RegionWriteResult, encode_for_template, encode_plan, write_encoded
+from ._write import RegionWriteResult, encode_plan, write_encoded
 from .errors import ZarrWriteError
 
 if TYPE_CHECKING:
@@ -119,29 +123,36 @@ def write_region(
     if not blocking:
         writer = _shared_writer(store, target, safe_chunks, on_out_of_range)
         return writer.write(ds, region=region)
-    info, verify = load_template_optimistic(target)
+    info, root, verify = load_template_gated(target)
     try:
-        return _write_region(ds, info, verify, region, safe_chunks, compute, on_out_of_range)
+        return _write_region(
+            ds, target, info, root, verify, region, safe_chunks, compute, on_out_of_range
+        )
     except StaleTemplateError:  # the template was replaced: start over with the new one
-        info = load_template(target)
-        return _write_region(ds, info, None, region, safe_chunks, compute, on_out_of_range)
+        info, root = load_template_with_root(target)
+        return _write_region(
+            ds, target, info, root, None, region, safe_chunks, compute, on_out_of_range
+        )
 
 
 def _write_region(
     ds: xr.Dataset,
+    target: Store,
     info: TemplateInfo,
+    root: bytes,
     verify: Callable[[], Coroutine[Any, Any, None]] | None,
     region: Mapping[str, Any] | str,
     safe_chunks: bool,
     compute: bool,
     on_out_of_range: OnOutOfRange,
 ) -> RegionWriteResult | Delayed:
-    """One attempt with ``info``; ``verify`` (if given) proves ``info`` current before writing."""
+    """One attempt with ``info`` (read under ``root``); ``verify`` (if given) proves ``info``
+    current before writing."""
     t0 = time.perf_counter()
     try:
         planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
         is_dask = any(w.variable.chunks is not None for w in planned.writes)
-        encoded = [] if is_dask else encode_plan(planned, info, on_out_of_range)
+        encoded = [] if is_dask else encode_plan(_on_host(planned), info, on_out_of_range)
     except ZarrWriteError:
         if verify is not None:
             sync(verify())  # the error must not come from a stale template
@@ -149,7 +160,7 @@ def _write_region(
     if is_dask:
         if verify is not None:
             sync(verify())
-        return _write_dask(planned, info, on_out_of_range, compute)
+        return _write_dask(planned, target, info, root, on_out_of_range, compute)
     arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
     nchunks, nbytes = sync(write_encoded(encoded, arrays, verify))
     return RegionWriteResult(
@@ -161,7 +172,18 @@ def _write_region(
     )
 
 
-_writers: dict[tuple[str, bool, str], StreamWriter] = {}
+def _on_host(planned: RegionPlan) -> RegionPlan:
+    """``planned`` with device (CuPy) data copied to the host through the device snapshot:
+    device arrays never reach ``np.asarray``."""
+    if not any(is_device_array(w.variable.data) for w in planned.writes):
+        return planned
+    writes = tuple(
+        dataclasses.replace(w, variable=w.variable.copy(deep=False, data=to_host(w.variable.data)))
+        if is_device_array(w.variable.data)
+        else w
+        for w in planned.writes
+    )
+    return dataclasses.replace(planned, writes=writes)
 
 
 def _shared_writer(
@@ -173,38 +195,49 @@ def _shared_writer(
     own = isinstance(store, Store)
     name = f"object:{id(store)}" if own else store_key(target)
     key = (name, safe_chunks, on_out_of_range)
-    writer = _writers.get(key)
+    with runtime.lock:
+        writer = runtime.writers.get(key)
     if writer is None or writer._closed or (own and writer.store is not store):
-        writer = _writers[key] = StreamWriter(
-            target, safe_chunks=safe_chunks, on_out_of_range=on_out_of_range
-        )
+        writer = StreamWriter(target, safe_chunks=safe_chunks, on_out_of_range=on_out_of_range)
+        with runtime.lock:
+            runtime.writers[key] = writer
+    assert isinstance(writer, StreamWriter)
     return writer
 
 
 def _write_dask(
-    planned: RegionPlan, info: TemplateInfo, on_out_of_range: OnOutOfRange, compute: bool
+    planned: RegionPlan,
+    store: Store,
+    info: TemplateInfo,
+    root: bytes,
+    on_out_of_range: OnOutOfRange,
+    compute: bool,
 ) -> RegionWriteResult | Delayed:
+    """Store every block through a :class:`~._dask.RegionTarget`: encoded on the worker that
+    computed it, written with the same retries, limit and freshness gate as NumPy writes."""
     import dask.array as da
     from dask.delayed import delayed
 
     sources, targets, regions = [], [], []
     for w in planned.writes:
-        target = info.arrays[w.name]
-        data = encode_for_template(w.name, w.variable, target, info.zarr_format, on_out_of_range)
+        arr = info.arrays[w.name]
+        data = w.variable.data
         # one block per chunk-aligned piece: no two tasks ever share a chunk, even with
         # safe_chunks=False (where the first and last piece may be partial chunks)
         grid = tuple(
             tuple(s.stop - s.start for s in pieces)
             for pieces in (
-                chunk_pieces(sel, c) for sel, c in zip(w.selection, target.chunks, strict=True)
+                chunk_pieces(sel, c) for sel, c in zip(w.selection, arr.chunks, strict=True)
             )
         )
         if not isinstance(data, da.Array):
-            data = da.from_array(np.asarray(data), chunks=grid)  # type: ignore[no-untyped-call]  # dask: unannotated
+            data = da.from_array(data, chunks=grid)  # type: ignore[no-untyped-call]  # dask: unannotated
         elif not planned_aligned(data.chunks, grid):
             data = data.rechunk(grid)  # type: ignore[no-untyped-call]  # dask: unannotated
         sources.append(data)
-        targets.append(info.zarr_arrays[w.name])
+        targets.append(
+            RegionTarget(store, w.name, root, arr.shape, arr.stored_dtype, on_out_of_range)
+        )
         regions.append(w.selection)
     stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
     result = RegionWriteResult(

@@ -1,8 +1,14 @@
 """The ``xarray-zarrwrite`` command line: ``template``, ``write-region``, ``convert``, ``check``
 and ``demo``.
 
-Every subcommand is a thin layer over a public function. The exit status is 0 on success, 1 on
-any failure (a failed task, an incomplete archive, invalid input) and 2 on usage errors.
+Every subcommand is a thin layer over a public function. Exit status:
+
+* 0: success (``convert``/``check``: the archive is complete);
+* 1: failure (a write or a task failed);
+* 2: usage error or invalid input (bad options, missing or duplicate sources, sources that
+  disagree with each other or with the template): nothing was written;
+* 3: incomplete (``convert``: nothing failed, but the sources leave time steps of the archive
+  missing, see ``xarray_zarrwrite:partial``; ``check``: chunks are missing).
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INCOMPLETE = 3
 
 
 def _kv(text: str, what: str, parse: Callable[[str], Any]) -> dict[str, Any]:
@@ -94,6 +102,49 @@ def _add_template_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--engine", help="xarray engine to open sources with (default: guessed)")
 
 
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert many sources into one archive, in parallel, resumably",
+        description=(
+            "Convert sources (paths, glob patterns, fsspec URLs) into one Zarr archive. Work "
+            "is planned by output chunks; a re-run writes only what is missing."
+        ),
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="SOURCE [SOURCE ...] STORE")
+    _add_template_options(p)
+    g = p.add_argument_group("variables")
+    g.add_argument("--variables", type=_names, help="data variables to convert (a,b,c)")
+    g.add_argument("--drop-variables", type=_names, help="data variables to leave out")
+    g = p.add_argument_group("execution")
+    g.add_argument("--scheduler", help="dask scheduler address (default: a local process pool)")
+    g.add_argument("--workers", type=int, help="local worker processes (0: in this process)")
+    g.add_argument("--memory-limit", help="memory per worker, e.g. 4GB")
+    g.add_argument("--no-resume", action="store_true", help="replace the target, start over")
+    g.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        help="extra attempts of a store write or a task after a transient error (default 3)",
+    )
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
+    p.set_defaults(func=_cmd_convert)
+
+
+def _add_check(sub: Any) -> None:
+    p = sub.add_parser(
+        "check",
+        help="report unwritten chunks (exit 3 if incomplete)",
+        description="Report which chunks of which variables are unwritten, as time ranges.",
+    )
+    p.add_argument("store", help="the archive: path or fsspec URL")
+    p.add_argument("--time-dim", default="time")
+    p.add_argument("--variables", type=_names, help="variables to check (default: all data)")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    p.set_defaults(func=_cmd_check)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``xarray-zarrwrite``."""
     from . import __version__
@@ -101,7 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xarray-zarrwrite",
         description="Fast, parallel and safe writes of xarray datasets to Zarr.",
-        epilog="Exit status: 0 success, 1 any failure, 2 usage error.",
+        epilog=(
+            "Exit status: 0 success (archive complete), 1 failure, 2 usage error or invalid "
+            "input (nothing written), 3 incomplete (time steps missing)."
+        ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -140,39 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", help="xarray engine to open the source with")
     p.set_defaults(func=_cmd_write_region)
 
-    p = sub.add_parser(
-        "convert",
-        help="convert many sources into one archive, in parallel, resumably",
-        description=(
-            "Convert sources (paths, glob patterns, fsspec URLs) into one Zarr archive. Work "
-            "is planned by output chunks; a re-run writes only what is missing."
-        ),
-    )
-    p.add_argument("paths", nargs="+", metavar="PATH", help="SOURCE [SOURCE ...] STORE")
-    _add_template_options(p)
-    g = p.add_argument_group("variables")
-    g.add_argument("--variables", type=_names, help="data variables to convert (a,b,c)")
-    g.add_argument("--drop-variables", type=_names, help="data variables to leave out")
-    g = p.add_argument_group("execution")
-    g.add_argument("--scheduler", help="dask scheduler address (default: a local process pool)")
-    g.add_argument("--workers", type=int, help="local worker processes (0: in this process)")
-    g.add_argument("--memory-limit", help="memory per worker, e.g. 4GB")
-    g.add_argument("--no-resume", action="store_true", help="replace the target, start over")
-    g.add_argument("--retries", type=int, default=3, help="extra attempts per task (default 3)")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
-    p.set_defaults(func=_cmd_convert)
-
-    p = sub.add_parser(
-        "check",
-        help="report unwritten chunks (exit 1 if incomplete)",
-        description="Report which chunks of which variables are unwritten, as time ranges.",
-    )
-    p.add_argument("store", help="the archive: path or fsspec URL")
-    p.add_argument("--time-dim", default="time")
-    p.add_argument("--variables", type=_names, help="variables to check (default: all data)")
-    p.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
-    p.set_defaults(func=_cmd_check)
+    _add_convert(sub)
+    _add_check(sub)
 
     p = sub.add_parser(
         "demo",
@@ -197,10 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    from .errors import ZarrWriteError
+    from .errors import InputError, ZarrWriteError
 
     try:
         return int(args.func(args))
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (ZarrWriteError, FileNotFoundError, ValueError, TypeError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -213,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _open(source: str, engine: str | None) -> Any:
-    from ._convert import expand_sources, open_source
+    from .convert._sources import expand_sources, open_source
 
     specs = expand_sources(source, engine=engine)
     if len(specs) != 1:
@@ -275,10 +301,14 @@ def _cmd_write_region(args: argparse.Namespace) -> int:
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
-    from ._convert import convert
+    from .convert import convert
 
     if len(args.paths) < 2:
-        raise ValueError("convert takes SOURCE [SOURCE ...] STORE: give at least one source")
+        print(
+            "error: convert takes SOURCE [SOURCE ...] STORE: give at least one source",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     *sources, store = args.paths
     report = convert(
         sources,
@@ -305,21 +335,38 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     )
     print(report.summary())
     if args.json:
-        _dump(dataclasses.asdict(report), args.json)
-    return EXIT_OK if report.ok else EXIT_FAILED
+        out = dataclasses.asdict(report)
+        out["status"], out["ok"] = report.status, report.ok
+        _dump(out, args.json)
+    return {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE}.get(report.status, EXIT_FAILED)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
     from ._check import check
+    from ._store import resolve_store
+    from .convert._partial import PARTIAL_ATTR, read_record
 
     status = check(args.store, time_dim=args.time_dim, variables=args.variables)
     print(status.summary())
+    # chunks convert wrote with fill values where no source had data (see PARTIAL_ATTR)
+    record = read_record(resolve_store(args.store))
+    if args.variables:
+        record = {v: c for v, c in record.items() if v in args.variables}
+    partial = {v: c for v, c in record.items() if c}
+    for name, chunks in sorted(partial.items()):
+        labels = sorted(t for missing in chunks.values() for t in missing)
+        print(
+            f"  {name}: {len(chunks)} partial chunk(s) ({PARTIAL_ATTR}), {len(labels)} "
+            f"missing step(s): {labels[0]} .. {labels[-1]}"
+        )
+    complete = status.complete and not partial
     if args.json:
         out = dataclasses.asdict(status)
-        out["complete"] = status.complete
+        out["complete"] = complete
         out["missing"] = status.missing
+        out["partial"] = partial
         _dump(out, args.json)
-    return EXIT_OK if status.complete else EXIT_FAILED
+    return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -76,7 +76,7 @@ def run_demo(
     """Run the demo; returns True when the archive is complete and bit-identical."""
     from ._check import check
     from ._compression import parse_compression
-    from ._convert import convert
+    from .convert import convert
 
     with _workdir(workdir) as work:
         t0 = time.perf_counter()

@@ -17,6 +17,13 @@ from __future__ import annotations
 
 __all__ = [
     "ChunkSpecError",
+    "ConvertOptionError",
+    "DuplicateSourceError",
+    "OptionError",
+    "SourceError",
+    "SourceNotFoundError",
+    "SourceTypeError",
+    "TemplateChangedError",
     "CodecError",
     "CompressionError",
     "DimensionMismatchError",
@@ -110,6 +117,37 @@ class DtypeCastError(RegionError, TypeError):
 
 class TimeEncodingError(RegionError):
     """Time units or calendar of the data disagree with the template's pinned time encoding."""
+
+
+class TemplateChangedError(RegionError):
+    """The template was replaced after this write was planned; nothing of it was written."""
+
+
+class SourceError(InputError):
+    """The ``sources`` of :func:`~xarray_zarrwrite.convert` are unusable as given (nothing
+    was written)."""
+
+
+class SourceNotFoundError(SourceError, FileNotFoundError):
+    """A source path does not exist, or a pattern matches nothing."""
+
+
+class DuplicateSourceError(SourceError):
+    """The same source is given more than once."""
+
+
+class SourceTypeError(SourceError, TypeError):
+    """A source is neither a path, a pattern, a URL nor an xarray object."""
+
+
+class OptionError(InputError, TypeError):
+    """An option has the wrong type or value (``memory_limit``, ``retries``, ``max_workers``,
+    ``max_buffer_mb``, ...); named with the value received."""
+
+
+class ConvertOptionError(OptionError):
+    """An option of :func:`~xarray_zarrwrite.convert` is invalid (``memory_limit``,
+    ``retries``, ``max_workers``, ``start_method``)."""
 
 
 class CodecError(InputError):

@@ -37,7 +37,7 @@ def _small_files(directory: str, nfiles: int = 4) -> list[str]:
 
 
 def _convert(files: list[str], store: str, chunk: int, **kw) -> None:
-    from xarray_zarrwrite._convert import convert
+    from xarray_zarrwrite.convert import convert
 
     shutil.rmtree(store, ignore_errors=True)
     report = convert(
@@ -141,7 +141,7 @@ class CheckCompleteness:
     warmup_time = 0.0
 
     def setup(self) -> None:
-        from xarray_zarrwrite._convert import convert
+        from xarray_zarrwrite.convert import convert
 
         self.dir = tempfile.mkdtemp(prefix="xzw-asv-check-")
         self.files = _small_files(os.path.join(self.dir, "src"), 4)
@@ -183,7 +183,7 @@ class PlanTasks:
         self.positions = [np.arange(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
     def time_plan_tasks(self) -> None:
-        from xarray_zarrwrite._convert import plan_tasks
+        from xarray_zarrwrite.convert import plan_tasks
 
         plan = plan_tasks(
             self.info,

@@ -15,6 +15,9 @@ from xarray_zarrwrite.codecs._kernels import encode_chunk as encode_chunk
 from xarray_zarrwrite.codecs._kernels import read_header as read_header
 from xarray_zarrwrite.codecs.bitpack import BitpackCodec as BitpackCodec
 from xarray_zarrwrite.codecs.bitpack_v2 import Bitpack as Bitpack
+from xarray_zarrwrite.codecs.partial import (
+    requantises_on_partial_write as requantises_on_partial_write,
+)
 
 if TYPE_CHECKING:
     from xarray_zarrwrite.codecs._gpu import decode_chunk_gpu as decode_chunk_gpu
@@ -28,6 +31,7 @@ __all__ = [
     "encode_chunk",
     "encode_chunk_gpu",
     "read_header",
+    "requantises_on_partial_write",
 ]
 
 _LAZY = {"encode_chunk_gpu", "decode_chunk_gpu"}

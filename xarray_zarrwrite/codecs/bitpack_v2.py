@@ -36,7 +36,7 @@ from xarray_zarrwrite.errors import CodecError
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
-__all__ = ["Bitpack"]
+__all__ = ["Bitpack", "with_chunk_size"]
 
 
 class Bitpack(Codec):  # type: ignore[misc]
@@ -52,6 +52,10 @@ class Bitpack(Codec):  # type: ignore[misc]
         Keep +-inf exactly or raise :class:`~xarray_zarrwrite.errors.CodecError`.
     layout : {"dense", "delta"}, default "dense"
         Payload layout, see :class:`~xarray_zarrwrite.codecs.BitpackCodec`.
+    chunk_size : int, optional
+        Number of values in a chunk of the array (Zarr format 2 stores every chunk whole).
+        numcodecs decoders get no shape; with it, a chunk whose header claims any other count
+        is refused before anything is allocated. Templates set it.
 
     Raises
     ------
@@ -82,10 +86,18 @@ class Bitpack(Codec):  # type: ignore[misc]
         max_error: float | None = None,
         infinities: Infinities = "preserve",
         layout: Layout = "dense",
+        chunk_size: int | None = None,
     ) -> None:
         self.bits, self.max_error, self.infinities, self.layout = parse_options(
             bits, max_error, infinities, layout
         )
+        if chunk_size is not None and (
+            isinstance(chunk_size, bool)
+            or not isinstance(chunk_size, int | np.integer)
+            or chunk_size < 0
+        ):
+            raise CodecError(f"chunk_size must be a non-negative integer; got {chunk_size!r}")
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
 
     def get_config(self) -> dict[str, Any]:
         # docstring inherited
@@ -96,6 +108,8 @@ class Bitpack(Codec):  # type: ignore[misc]
             config["max_error"] = self.max_error
         config["infinities"] = self.infinities
         config["layout"] = self.layout
+        if self.chunk_size is not None:
+            config["chunk_size"] = self.chunk_size
         return config
 
     def encode(self, buf: Any) -> NDArray[np.uint8]:
@@ -116,16 +130,37 @@ class Bitpack(Codec):  # type: ignore[misc]
     def decode(self, buf: Any, out: Any = None) -> NDArray[np.floating]:
         # docstring inherited
         payload = ensure_contiguous_ndarray(buf).view(np.uint8)
-        decoded = decode_chunk(payload)
+        size = self.chunk_size
+        if size is None and out is not None:
+            size = ensure_ndarray_like(out).size
+        decoded = decode_chunk(payload, shape=size)  # the header is checked before allocating
         if out is None:
             return decoded
         return ndarray_copy(decoded, out)  # type: ignore[no-any-return]
 
     def __repr__(self) -> str:
         what = f"bits={self.bits}" if self.bits is not None else f"max_error={self.max_error!r}"
+        size = "" if self.chunk_size is None else f", chunk_size={self.chunk_size}"
         return (
-            f"{type(self).__name__}({what}, infinities={self.infinities!r}, layout={self.layout!r})"
+            f"{type(self).__name__}({what}, infinities={self.infinities!r}, "
+            f"layout={self.layout!r}{size})"
         )
+
+
+def with_chunk_size(codecs: Any, chunk_size: int) -> Any:
+    """``codecs`` (a codec, or a list or tuple of them) with every :class:`Bitpack` that
+    has no ``chunk_size`` given ``chunk_size``; anything else is returned as it is."""
+    if isinstance(codecs, Bitpack) and codecs.chunk_size is None:
+        return Bitpack(
+            bits=codecs.bits,
+            max_error=codecs.max_error,
+            infinities=codecs.infinities,
+            layout=codecs.layout,
+            chunk_size=int(chunk_size),
+        )
+    if isinstance(codecs, list | tuple):
+        return type(codecs)(with_chunk_size(c, chunk_size) for c in codecs)
+    return codecs
 
 
 numcodecs.register_codec(Bitpack)

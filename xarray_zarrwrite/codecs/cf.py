@@ -20,12 +20,19 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import numpy as np
 import xarray as xr
 
+from .._encoding import check_time_representable
 from ..errors import PackingError
 
 if TYPE_CHECKING:
     from .._open import ArrayInfo
 
-__all__ = ["OnOutOfRange", "check_packed_range", "packing_encodings"]
+__all__ = [
+    "OnOutOfRange",
+    "check_packed_range",
+    "check_packed_values",
+    "needs_range_check",
+    "packing_encodings",
+]
 
 OnOutOfRange = Literal["raise", "clip"]
 _OPTIONS: Final = frozenset({"codec", "bits", "max_error", "valid_range"})
@@ -155,48 +162,168 @@ def _range(da: xr.DataArray, name: str, valid_range: Any) -> tuple[float, float]
 def check_packed_range(
     name: str, var: xr.Variable, target: ArrayInfo, on_out_of_range: OnOutOfRange = "raise"
 ) -> xr.Variable:
-    """Refuse (or clip) values outside a CF-packed variable's range, so nothing wraps around.
+    """Refuse (or clip) values that the template's integer or packed encoding cannot store.
 
-    Variables that are not CF-packed are returned unchanged. For dask-backed data the check
-    runs lazily, block by block, on the workers.
+    The write path's entry point: applies :func:`check_packed_values` to ``var`` with the
+    template's stored dtype, CF encoding and ``valid_min``/``valid_max``. Variables stored
+    as floats without packing, and time variables, are returned unchanged. For dask-backed
+    data the check runs lazily, block by block, on the workers.
 
     Raises
     ------
     PackingError
-        A finite value falls outside ``valid_min``..``valid_max`` (with ``"raise"``), or
-        ``on_out_of_range`` is unknown.
+        As :func:`check_packed_values`.
     """
     if on_out_of_range not in ("raise", "clip"):
         raise PackingError(f"on_out_of_range must be 'raise' or 'clip', got {on_out_of_range!r}")
-    if target.stored_dtype.kind not in "iu" or "scale_factor" not in target.encoding:
+    enc = dict(target.encoding)
+    enc["dtype"] = target.stored_dtype
+    if var.dtype.kind in "mM":
+        return _check_times(name, var, enc)
+    for key in ("valid_min", "valid_max"):
+        if key in target.attrs:
+            enc[key] = target.attrs[key]
+    if not needs_range_check(var.dtype, enc):
         return var
-    if "valid_min" not in target.attrs or "valid_max" not in target.attrs:
-        return var
-    vmin, vmax = float(target.attrs["valid_min"]), float(target.attrs["valid_max"])
     if var.chunks is not None:
         import dask.array as da
 
         data = da.map_blocks(  # type: ignore[no-untyped-call]  # dask: unannotated
-            _check_block, var.data, name, vmin, vmax, on_out_of_range, dtype=var.dtype
+            check_packed_values, var.data, enc, on_out_of_range, name=name, dtype=var.dtype
         )
         return var.copy(deep=False, data=data)
-    return var.copy(deep=False, data=_check_block(var.values, name, vmin, vmax, on_out_of_range))
+    return var.copy(
+        deep=False, data=check_packed_values(var.values, enc, on_out_of_range, name=name)
+    )
 
 
-def _check_block(x: np.ndarray, name: str, vmin: float, vmax: float, policy: str) -> np.ndarray:
-    x = np.asarray(x)
+def _check_times(name: str, var: xr.Variable, enc: dict[str, Any]) -> xr.Variable:
+    if var.chunks is None:
+        check_time_representable(var.values, enc, name=name)
+        return var
+    # lazily and block by block, like the range check: nothing is written if a block fails
+    import dask.array as da
+
+    def block(x: np.ndarray) -> np.ndarray:
+        check_time_representable(x, enc, name=name)
+        return x
+
+    checked = da.map_blocks(block, var.data, dtype=var.dtype)  # type: ignore[no-untyped-call]
+    return var.copy(deep=False, data=checked)
+
+
+def needs_range_check(dtype: np.dtype[Any], encoding: Mapping[str, Any]) -> bool:
+    """True when values of ``dtype`` encoded with ``encoding`` may not fit what is stored."""
+    if dtype.kind not in "biuf":
+        return False  # times (checked by the time encoding) and objects
+    stored = np.dtype(encoding.get("dtype", dtype))
+    if stored.kind in "iu":
+        return True
+    packed = "scale_factor" in encoding or "add_offset" in encoding
+    return stored.kind == "f" and (packed or stored.itemsize < dtype.itemsize)
+
+
+def check_packed_values(
+    values: Any,
+    encoding: Mapping[str, Any],
+    on_out_of_range: OnOutOfRange = "raise",
+    *,
+    name: str = "values",
+) -> np.ndarray:
+    """Check decoded ``values`` against an integer or packed CF ``encoding``; pure NumPy.
+
+    ``encoding`` holds the stored ``dtype`` and any of ``scale_factor``, ``add_offset``,
+    ``_FillValue``, ``missing_value``, ``valid_min``, ``valid_max``. Each value is encoded as
+    xarray does (``round((x - add_offset) / scale_factor)``) and must give a code the stored
+    dtype holds, other than the fill value (it would read back as missing), and lie within
+    ``valid_min``..``valid_max`` when given. NaN must have a ``_FillValue`` (or
+    ``missing_value``) to be stored as; it never becomes a number.
+
+    Returns the values, clipped into range with ``on_out_of_range="clip"``.
+
+    Raises
+    ------
+    PackingError
+        A value out of range (with ``"raise"``), an infinity, NaN with no fill value, or a
+        value that would be stored as the fill value.
+    """
+    x = np.asarray(values)
+    if x.dtype.kind not in "biuf" or x.size == 0:
+        return x
+    stored = np.dtype(encoding.get("dtype", x.dtype))
+    scale = float(encoding.get("scale_factor", 1.0))
+    offset = float(encoding.get("add_offset", 0.0))
+    fill = encoding.get("_FillValue", encoding.get("missing_value"))
+    if x.dtype.kind == "f":
+        nan = np.isnan(x)
+        if nan.any() and stored.kind in "iu" and _missing(fill):
+            raise PackingError(
+                f"{name!r} holds NaN but its stored dtype {stored} has no _FillValue to store "
+                "it as; fill the gaps first, or make the template with a _FillValue"
+            )
+        if np.isinf(x).any():
+            raise PackingError(f"{name!r} holds infinities, which {stored} cannot store")
+    clo, chi = _code_limits(stored, fill)
+    bad = _bad_codes(x, stored, scale, offset, fill, clo, chi)
+    vlo, vhi = float(encoding.get("valid_min", -np.inf)), float(encoding.get("valid_max", np.inf))
     with np.errstate(invalid="ignore"):
-        bad = (x < vmin) | (x > vmax)
-    if np.isinf(x).any():
-        raise PackingError(f"variable {name!r} holds infinities, which CF packing cannot store")
+        bad |= (x < vlo) | (x > vhi)
     if not bad.any():
         return x
-    if policy == "clip":
-        clipped: np.ndarray = np.clip(x, vmin, vmax)
-        return clipped
+    a, b = clo * scale + offset, chi * scale + offset
+    lo, hi = max(min(a, b), vlo), min(max(a, b), vhi)
+    if on_out_of_range == "clip" and lo <= hi:
+        clipped = np.clip(x, lo, hi).astype(x.dtype, copy=False)
+        if not _bad_codes(clipped, stored, scale, offset, fill, clo, chi).any():
+            return clipped
     vals = x[bad]
     raise PackingError(
-        f"{vals.size} value(s) of {name!r} fall outside its packing range [{vmin}, {vmax}] "
-        f"(found {vals.min()} .. {vals.max()}); they would not round-trip. Pass "
-        "on_out_of_range='clip' to clip them, or make a template with a wider valid_range"
+        f"{vals.size} value(s) of {name!r} fall outside its packing range [{lo}, {hi}] "
+        f"(found {vals.min()} .. {vals.max()}; stored as {stored} with scale_factor={scale}, "
+        f"add_offset={offset}, _FillValue={fill}); they would not round-trip or would read "
+        "back as missing. Pass on_out_of_range='clip' to clip them, or make a template with "
+        "a wider valid_range"
     )
+
+
+def _missing(fill: Any) -> bool:
+    return fill is None or (isinstance(fill, float | np.floating) and np.isnan(fill))
+
+
+def _code_limits(stored: np.dtype[Any], fill: Any) -> tuple[float, float]:
+    if stored.kind == "f":
+        top = float(np.finfo(stored).max)
+        return -top, top
+    info = np.iinfo(stored)
+    lo, hi = int(info.min), int(info.max)
+    if not _missing(fill):
+        lo += int(fill) == lo
+        hi -= int(fill) == hi
+    return float(lo), float(hi)
+
+
+def _bad_codes(
+    x: np.ndarray,
+    stored: np.dtype[Any],
+    scale: float,
+    offset: float,
+    fill: Any,
+    clo: float,
+    chi: float,
+) -> np.ndarray:
+    """Where a value's code, as xarray computes it, falls outside ``clo..chi`` or on the fill."""
+    if x.dtype.kind in "iu" and stored.kind in "iu" and scale == 1.0 and offset == 0.0:
+        info = np.iinfo(x.dtype)  # exact integer comparisons (no float64 rounding)
+        lo, hi = max(int(clo), int(info.min)), min(int(chi), int(info.max))
+        bad: np.ndarray = (x < x.dtype.type(lo)) | (x > x.dtype.type(hi))
+        if not _missing(fill) and info.min <= int(fill) <= info.max:
+            bad |= x == x.dtype.type(int(fill))
+        return bad
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        codes = (x.astype(np.float64) - offset) / scale
+        if stored.kind in "iu":
+            codes = np.around(codes)
+        bad = (codes < clo) | (codes > chi)
+        if stored.kind in "iu" and not _missing(fill):
+            bad |= codes == float(fill)
+    return bad

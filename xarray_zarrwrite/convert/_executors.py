@@ -1,0 +1,447 @@
+"""Where tasks run: in this process, a local process pool, or a dask.distributed cluster."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import logging
+import math
+import multiprocessing
+import os
+import sys
+import threading
+from collections import Counter, deque
+from collections.abc import Sequence
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Final, Literal, Self
+
+from ..errors import ConvertOptionError
+from ._sources import SourceSchema, SourceSpec, _batches, close_run, scan_batch
+from ._task import TaskOutcome, TaskPayload, _describe, _noop, _warm, run_task
+
+logger = logging.getLogger(__name__)
+
+
+_MIB: Final = 1 << 20
+#: Memory of a worker process before it runs anything (interpreter, numpy, xarray, zarr).
+WORKER_BASELINE: Final = 256 * _MIB
+
+ExecutorKind = Literal["processes", "dask", "serial"]
+
+
+@dataclass(frozen=True)
+class _Capacity:
+    workers: int
+    slots: int  # concurrent tasks per worker process
+    memory_limit: int | None  # per worker
+
+
+class _SerialRunner:
+    """Runs tasks one after another in this process (``max_workers=0``; debugging, tests)."""
+
+    kind: ExecutorKind = "serial"
+
+    def __init__(self) -> None:
+        self.description = "this process (serial)"
+
+    def capacity(self, memory_limit: int | None) -> _Capacity:
+        return _Capacity(1, 1, memory_limit or _total_memory())
+
+    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
+        return scan_batch(specs, *args)
+
+    def run(
+        self, payloads: list[TaskPayload], retries: int, progress: bool
+    ) -> dict[int, TaskOutcome]:
+        out = {}
+        with _bar(len(payloads), progress) as bar:
+            for p in payloads:
+                out[p.task.index] = run_task(p)
+                _log_outcome(out[p.task.index])
+                bar.update(1)
+        return out
+
+    def close(self, run_id: str | None = None) -> None:
+        if run_id is not None:
+            close_run(run_id)
+
+
+#: Modules the forkserver imports once, so that forked workers start warm: the library, the
+#: NetCDF engines, and what xarray imports lazily on its first open (a third of a second per
+#: worker otherwise). Missing ones are skipped.
+_PRELOAD: Final = (
+    __name__,
+    "netCDF4",
+    "h5netcdf",
+    "cftime",
+    "dask",
+    "dask.base",
+    "dask.delayed",
+    "dask.array",
+    "psutil",
+    "jinja2",
+    "xarray.backends.netCDF4_",
+    "xarray.backends.h5netcdf_",
+    "xarray.backends.zarr",
+)
+#: With this many sources or fewer, the client scans them itself (milliseconds each) rather
+#: than wait for workers.
+_SCAN_HERE_MAX: Final = 8
+
+
+class _ProcessRunner:
+    """A local pool of worker processes; survives workers that die (SIGKILL, OOM killer).
+
+    Workers come from a fresh interpreter, never from a fork of this (threaded) process:
+    ``"forkserver"`` where available (a clean server process imports the library once and
+    forks workers from it, so later pools start in milliseconds), else ``"spawn"``. The pool
+    starts in the background while the client scans the sources.
+    """
+
+    kind: ExecutorKind = "processes"
+
+    def __init__(
+        self, max_workers: int, start_method: str | None = None, warm: SourceSpec | None = None
+    ) -> None:
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        if start_method not in ("spawn", "forkserver") or start_method not in methods:
+            raise ConvertOptionError(
+                f"start_method must be 'spawn' or 'forkserver' (available here: {methods}); "
+                f"got {start_method!r}. 'fork' is unsafe with zarr's I/O thread"
+            )
+        self.max_workers = max_workers
+        self.method = start_method
+        self.description = f"local process pool, {max_workers} worker(s) ({self.method})"
+        self._warm_spec = warm
+        self._pool: cf.ProcessPoolExecutor | None = None
+        self._starting = threading.Thread(target=self._start, name="xzw-pool-start", daemon=True)
+        self._starting.start()
+
+    def _start(self) -> None:
+        ctx = multiprocessing.get_context(self.method)
+        if self.method == "forkserver":
+            ctx.set_forkserver_preload(list(_PRELOAD))
+        pool = cf.ProcessPoolExecutor(
+            self.max_workers,
+            mp_context=ctx,
+            initializer=_warm,
+            initargs=(self._warm_spec, list(sys.path)),
+        )
+        for _ in range(self.max_workers):  # start every worker now, not on demand
+            pool.submit(_noop)
+        self._pool = pool
+
+    def capacity(self, memory_limit: int | None) -> _Capacity:
+        limit = memory_limit or _total_memory() // self.max_workers
+        return _Capacity(self.max_workers, 1, limit)
+
+    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
+        """Scan on the workers, which keep the sources open for the tasks; meanwhile the
+        client scans batches from the other end of the queue (all of them if the pool is
+        still starting)."""
+        here = (*args[:-1], None)  # the client keeps nothing open
+        if len(specs) <= _SCAN_HERE_MAX:
+            return scan_batch(specs, *here)
+        batches = deque(enumerate(_batches(len(specs), self.max_workers)))
+        results: dict[int, list[SourceSchema] | None] = {}
+        errors: list[BaseException] = []
+        lock = threading.Lock()
+
+        def feed() -> None:
+            self._starting.join()
+            inflight: dict[cf.Future[list[SourceSchema]], int] = {}
+            try:
+                while True:
+                    with lock:
+                        while batches and not errors and len(inflight) < self.max_workers:
+                            k, b = batches.popleft()
+                            assert self._pool is not None
+                            fut = self._pool.submit(scan_batch, [specs[i] for i in b], *args)
+                            inflight[fut] = k
+                    if not inflight:
+                        return
+                    done, _ = cf.wait(inflight, return_when=cf.FIRST_COMPLETED)
+                    for fut in done:
+                        k = inflight.pop(fut)
+                        try:
+                            results[k] = fut.result()
+                        except BrokenProcessPool:
+                            results[k] = None  # scanned here below
+                        except BaseException as exc:  # noqa: BLE001  (raised by scan())
+                            errors.append(exc)
+            except BrokenProcessPool:
+                for k in inflight.values():
+                    results[k] = None
+            except BaseException as exc:  # noqa: BLE001  (raised by scan())
+                errors.append(exc)
+
+        feeder = threading.Thread(target=feed, name="xzw-scan-feed", daemon=True)
+        feeder.start()
+        try:
+            while not errors:
+                with lock:
+                    if not batches:
+                        break
+                    k, b = batches.pop()
+                results[k] = scan_batch([specs[i] for i in b], *here)
+        except BaseException as exc:  # noqa: BLE001  (stops the feeder; raised below)
+            errors.append(exc)
+        feeder.join()
+        if errors:
+            raise errors[0]
+        out: list[SourceSchema] = []
+        for k, b in enumerate(_batches(len(specs), self.max_workers)):
+            got = results.get(k)
+            out.extend(got if got is not None else scan_batch([specs[i] for i in b], *here))
+        return out
+
+    def run(
+        self, payloads: list[TaskPayload], retries: int, progress: bool
+    ) -> dict[int, TaskOutcome]:
+        pending = {p.task.index: p for p in payloads}
+        out: dict[int, TaskOutcome] = {}
+        crashes: Counter[int] = Counter()
+        self._starting.join()
+        with _bar(len(payloads), progress) as bar:
+            while pending:
+                if self._pool is None:
+                    self._start()
+                assert self._pool is not None
+                try:
+                    futures = {self._pool.submit(run_task, p): i for i, p in pending.items()}
+                except BrokenProcessPool:  # broke before (e.g. while scanning): start afresh
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+                    continue
+                broken = False
+                for fut in cf.as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        out[i] = fut.result()
+                        _log_outcome(out[i])
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    except Exception as exc:  # noqa: BLE001  (e.g. the payload did not pickle)
+                        out[i] = TaskOutcome(
+                            index=i,
+                            ok=False,
+                            error=_describe(exc),
+                            error_type=type(exc).__name__,
+                            phase="submit",
+                        )
+                    del pending[i]
+                    bar.update(1)
+                if broken:
+                    self._pool.shutdown(wait=False, cancel_futures=True)
+                    self._pool = None
+                    for i in list(pending):
+                        crashes[i] += 1
+                        if crashes[i] > retries:
+                            out[i] = TaskOutcome(
+                                index=i,
+                                ok=False,
+                                attempts=crashes[i],
+                                error=(
+                                    "a worker process died (killed by a signal such as SIGKILL, "
+                                    f"or by the out-of-memory killer) {crashes[i]} time(s) "
+                                    "before this task finished"
+                                ),
+                                error_type="WorkerDied",
+                                phase="run",
+                            )
+                            del pending[i]
+                            bar.update(1)
+                    logger.warning(
+                        "a worker process died; restarting the pool for %d task(s)", len(pending)
+                    )
+        return out
+
+    def close(self, run_id: str | None = None) -> None:
+        self._starting.join()
+        if self._pool is not None:
+            # every outcome is in: let the workers exit on their own
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+class _DaskRunner:
+    """Tasks as futures on a dask.distributed cluster (a Client or a scheduler address)."""
+
+    kind: ExecutorKind = "dask"
+
+    def __init__(self, client: Any) -> None:
+        from distributed import Client
+
+        self._own = not isinstance(client, Client)
+        # distributed: Client.__init__ is unannotated
+        self.client = Client(client) if self._own else client  # type: ignore[no-untyped-call]
+        address = getattr(self.client.scheduler, "address", None) or "?"
+        self.description = f"dask.distributed at {address}"
+
+    def _workers(self) -> dict[str, dict[str, Any]]:
+        info = self.client.scheduler_info(n_workers=-1)
+        return dict(info.get("workers", {}))
+
+    def capacity(self, memory_limit: int | None) -> _Capacity:
+        workers = self._workers()
+        if not workers:
+            self.client.wait_for_workers(1, timeout=60)
+            workers = self._workers()
+        limits = [int(w.get("memory_limit") or 0) for w in workers.values()]
+        known = [lim for lim in limits if lim > 0]
+        limit = min(known) if known else None
+        if memory_limit is not None:
+            limit = min(memory_limit, limit) if limit else memory_limit
+        threads = min(int(w.get("nthreads") or 1) for w in workers.values())
+        scheduler = self.client.scheduler  # None only once the client is closed
+        address = scheduler.address if scheduler is not None else "?"
+        self.description = f"dask.distributed at {address}, {len(workers)} worker(s)"
+        return _Capacity(len(workers), threads, limit)
+
+    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
+        """Scan on the workers: the client may not even see the files."""
+        if len(specs) <= 1:
+            return scan_batch(specs, *args)
+        batches = _batches(len(specs), max(1, len(self._workers())))
+        futures = self.client.map(
+            scan_batch,
+            [[specs[i] for i in b] for b in batches],
+            *([a] * len(batches) for a in args),
+            key="xzw-scan",
+            pure=False,
+        )
+        try:
+            results = self.client.gather(futures)
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        return [schema for batch in results for schema in batch]
+
+    def run(
+        self, payloads: list[TaskPayload], retries: int, progress: bool
+    ) -> dict[int, TaskOutcome]:
+        from distributed import as_completed
+
+        if not payloads:
+            return {}
+        futures = self.client.map(run_task, payloads, key="xzw-convert", pure=False)
+        index = {f.key: p.task.index for f, p in zip(futures, payloads, strict=True)}
+        out: dict[int, TaskOutcome] = {}
+        try:
+            if progress:
+                from distributed import progress as dask_progress
+
+                # a widget in notebooks; blocks with a text bar otherwise
+                dask_progress(futures)  # type: ignore[no-untyped-call]  # distributed: unannotated
+                sys.stdout.write("\n")
+            completed = as_completed(  # type: ignore[no-untyped-call]  # distributed: unannotated
+                futures, with_results=True, raise_errors=False
+            )
+            for fut, result in completed:
+                i = index[fut.key]
+                if isinstance(result, BaseException):
+                    out[i] = TaskOutcome(
+                        index=i,
+                        ok=False,
+                        error=_describe(result),
+                        error_type=type(result).__name__,
+                        phase="run",
+                    )
+                else:
+                    out[i] = result
+                _log_outcome(out[i])
+        except BaseException:
+            self.client.cancel(futures)
+            raise
+        return out
+
+    def close(self, run_id: str | None = None) -> None:
+        if run_id is not None:
+            with contextlib.suppress(Exception):
+                self.client.run(close_run, run_id)  # workers close the run's sources
+        if self._own:
+            self.client.close()
+
+
+def _total_memory() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+class _NoBar:
+    def update(self, n: int) -> None:
+        pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        pass
+
+
+def _bar(total: int, progress: bool) -> Any:
+    if not progress:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="task", desc="convert", delay=0.5)
+
+
+def parse_memory_limit(value: Any) -> int | None:
+    """``None``/``"auto"``: decide later; a number of bytes; or a string such as ``"2GB"``."""
+    if value is None or (isinstance(value, str) and value.lower() == "auto"):
+        return None
+    if isinstance(value, str):
+        from dask.utils import parse_bytes
+
+        try:
+            value = parse_bytes(value)
+        except ValueError as e:
+            raise ConvertOptionError(
+                f"memory_limit {value!r} is not a size such as '2GB': {e}"
+            ) from e
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConvertOptionError(
+            f"memory_limit must be a positive size such as '2GB', got {value!r}"
+        )
+    return int(value)
+
+
+def _make_runner(
+    client: Any,
+    max_workers: int | None,
+    start_method: str | None = None,
+    warm: SourceSpec | None = None,
+) -> _SerialRunner | _ProcessRunner | _DaskRunner:
+    if client is not None:
+        return _DaskRunner(client)
+    if max_workers is None:
+        max_workers = min(2, os.cpu_count() or 1)
+    if not isinstance(max_workers, int) or max_workers < 0:
+        raise ConvertOptionError(f"max_workers must be a non-negative integer, got {max_workers!r}")
+    if max_workers == 0:
+        return _SerialRunner()
+    return _ProcessRunner(max_workers, start_method, warm)
+
+
+def _log_outcome(o: TaskOutcome) -> None:
+    logger.debug(
+        "task %d on %s: started at %.3f, %s in %.3f s (read %.3f s), %d attempt(s)",
+        o.index,
+        o.worker,
+        o.started % 1000,
+        "ok" if o.ok else o.error,
+        o.seconds,
+        o.read_seconds,
+        o.attempts,
+    )

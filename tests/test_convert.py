@@ -264,7 +264,9 @@ def test_remote_target_and_variables(tmp_path, yearly, full, memory_url):
 # -- a real LocalCluster ------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+# Function scope: a Client is the process-wide default scheduler while it lives; kept open
+# across tests, it would turn other tests' local-scheduler computes into distributed ones.
+@pytest.fixture
 def client():
     distributed = pytest.importorskip("distributed")
     with (

@@ -68,6 +68,12 @@ def test_later_sources_complete_partial_chunks(tmp_path, full, files, zarr_forma
     key = "c/1/0/0" if zarr_format == 3 else "1.0.0"
     labels = [_label(full, i) for i in range(20, 30)]
     assert back.attrs[PARTIAL_ATTR] == {"t2m": {key: labels}, "tcwv": {key: labels}}
+    # check() counts the partial chunk as missing and names it
+    status = check(store)
+    assert not status.complete
+    for name in ("t2m", "tcwv"):
+        assert status.variables[name].partial_chunks == ((1, 0, 0),)
+        assert (1, 0, 0) in status.variables[name].missing_chunks
     # the first source: merged into chunk 1, which is whole now; 60..89 still missing
     report = convert(files[:1], store, **kw)
     assert report.status == "incomplete"

@@ -120,7 +120,9 @@ def _close_shared_writers() -> None:
         writer.close()
 
 
-@pytest.fixture(scope="module")
+# Function scope: a Client is the process-wide default scheduler while it lives; kept open
+# across tests, it would turn other tests' local-scheduler computes into distributed ones.
+@pytest.fixture
 def cluster_client():
     distributed = pytest.importorskip("distributed")
     with (

@@ -55,7 +55,9 @@ def test_map_blocks_pattern(tmp_path, year):
     xr.testing.assert_identical(xr.open_zarr(path).load(), year)
 
 
-@pytest.fixture(scope="module")
+# Function scope: a Client is the process-wide default scheduler while it lives; kept open
+# across tests, it would turn other tests' local-scheduler computes into distributed ones.
+@pytest.fixture
 def client():
     distributed = pytest.importorskip("distributed")
     with (

@@ -448,3 +448,27 @@ def test_full_extent_write_stores_non_index_coordinates_of_an_extended_dim(year)
     np.testing.assert_array_equal(back.valid_time.values, data.valid_time.values)
     assert back.valid_time.values[-1] == data.valid_time.values[-1]
     xr.testing.assert_equal(back.t2m, data.t2m)
+
+
+def test_partial_writes_into_lossy_bitpack_arrays_are_refused(year):
+    """A partial write would re-quantise the stored values of a max_error chunk (0.0192 seen
+    with max_error=0.01): refused even with safe_chunks=False; whole chunks keep the bound."""
+    from xarray_zarrwrite.codecs import BitpackCodec
+    from xarray_zarrwrite.testing.snapshot import snapshot
+
+    data = year.isel(time=slice(0, 20)).drop_vars("tcwv")
+    store = MemoryStore()
+    data.to_zarr(
+        store,
+        zarr_format=3,
+        compute=False,
+        encoding={"t2m": {"chunks": (10, 12, 24), "serializer": BitpackCodec(max_error=0.01)}},
+    )
+    data.isel(time=slice(0, 10)).fastzarr.write_region(store)
+    before = snapshot(store)
+    with pytest.raises(RegionAlignmentError, match="re-quantise"):
+        data.isel(time=slice(10, 15)).fastzarr.write_region(store, safe_chunks=False)
+    assert snapshot(store) == before
+    data.isel(time=slice(10, 20)).fastzarr.write_region(store)
+    back = xr.open_zarr(store).t2m.values
+    assert np.abs(back - data.t2m.values).max() <= 0.01

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
+import zarr
 from zarr.storage import LocalStore
 
 from ._compat import sync
@@ -32,7 +33,6 @@ from ._store import resolve_store
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import zarr
     from zarr.abc.store import Store
 
     from ._open import TemplateInfo
@@ -73,6 +73,9 @@ class VariableCompleteness:
     range_dim
         The dimension ``missing`` is expressed along (the time dimension when the variable has
         one, else its first dimension); None for 0-d variables.
+    partial_chunks
+        Grid indices of write units stored only in part (recorded by ``convert`` when the
+        sources covered them in part); counted as missing, their whole range included.
     """
 
     name: str
@@ -85,6 +88,7 @@ class VariableCompleteness:
     missing: tuple[LabelRange, ...]
     missing_index: tuple[tuple[int, int], ...]
     range_dim: str | None
+    partial_chunks: tuple[ChunkIndex, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -157,6 +161,26 @@ class CheckReport:
         return "\n".join(lines)
 
 
+#: Root attribute of an archive that lists its partial write units and the labels they lack
+#: (written by :func:`~xarray_zarrwrite.convert`): ``{variable: {chunk key: [labels]}}``.
+PARTIAL_ATTR: Final = "xarray_zarrwrite:partial"
+
+Record = dict[str, dict[str, list[str]]]
+
+
+def read_record(store: Any) -> Record:
+    """The partial-write-unit record of the archive in ``store`` (empty when it has none)."""
+    group = zarr.open_group(store=store, mode="r")
+    raw: Any = group.attrs.get(PARTIAL_ATTR) or {}
+    if not isinstance(raw, Mapping):
+        return {}
+    return {
+        str(var): {str(k): [str(x) for x in labels] for k, labels in chunks.items()}
+        for var, chunks in raw.items()
+        if isinstance(chunks, Mapping)
+    }
+
+
 def check(
     store: StoreLike,
     *,
@@ -211,7 +235,14 @@ def check(
                 f"{unknown} are not arrays of the archive (arrays: {sorted(info.arrays)})"
             )
     found, stray = existing_chunks(target, info, names)
-    out = {n: _completeness(info, n, found[n], time_dim) for n in names}
+    record = read_record(target)
+    partial: dict[str, set[ChunkIndex]] = {}
+    for n in names:
+        grid = ChunkGrid.from_array(info.zarr_arrays[n])
+        keys = (grid.parse_key(k) for k in record.get(n, {}))
+        partial[n] = {k for k in keys if k is not None}
+        found[n] -= partial[n]  # a partial unit exists but is not written in full
+    out = {n: _completeness(info, n, found[n], time_dim, partial[n]) for n in names}
     return CheckReport(store=str(target), variables=out, time_dim=time_dim, stray=tuple(stray))
 
 
@@ -267,7 +298,11 @@ def _walk(root: Path, name: str) -> list[str]:
 
 
 def _completeness(
-    info: TemplateInfo, name: str, found: set[ChunkIndex], time_dim: str | None
+    info: TemplateInfo,
+    name: str,
+    found: set[ChunkIndex],
+    time_dim: str | None,
+    partial: set[ChunkIndex] = frozenset(),  # type: ignore[assignment]
 ) -> VariableCompleteness:
     grid = ChunkGrid.from_array(info.zarr_arrays[name])
     a = info.arrays[name]
@@ -303,6 +338,7 @@ def _completeness(
         missing=labels,
         missing_index=tuple(spans),
         range_dim=range_dim,
+        partial_chunks=tuple(sorted(partial)),
     )
 
 

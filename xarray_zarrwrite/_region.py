@@ -17,6 +17,7 @@ import xarray as xr
 
 from ._grid import ChunkGrid
 from ._store import check_node_name
+from .codecs.partial import requantises_on_partial_write
 from .errors import (
     DimensionMismatchError,
     DtypeCastError,
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 __all__ = [
     "RegionPlan",
     "VariableWrite",
-    "chunk_pieces",
     "template_grid",
     "label_positions",
     "plan_region",
@@ -144,7 +144,10 @@ def plan_region(
                 continue
             raise VariableNotInTemplateError(f"variable {name!r} is not in the template")
         grid = template_grid(info, name)
-        writes.append(_plan_variable(name, var, target, grid, slices, safe_chunks))
+        write = _plan_variable(name, var, target, grid, slices, safe_chunks)
+        if not safe_chunks and requantises_on_partial_write(info.zarr_arrays[name]):
+            _check_whole_units_for_lossy(name, target.dims, write.selection, grid)
+        writes.append(write)
     if not writes:
         raise RegionError("none of the data's variables is a data variable of the template")
     return RegionPlan(region=slices, writes=tuple(writes), skipped=tuple(skipped))
@@ -417,6 +420,23 @@ def _check_dtype(name: str, dtype: np.dtype[Any], target: ArrayInfo) -> None:
         )
 
 
+def _check_whole_units_for_lossy(
+    name: str, dims: tuple[str, ...], selection: tuple[slice, ...], grid: ChunkGrid
+) -> None:
+    bad = grid.misaligned(selection)
+    if bad is not None:
+        axis, index = bad
+        raise RegionAlignmentError(
+            f"variable {name!r} is stored with a lossy bit-packing codec (bits= or max_error=) "
+            f"that quantises each {grid.unit_name} as a whole: a write covering only part of a "
+            f"{grid.unit_name} (index {index} along {dims[axis]!r}, {grid.unit_name} size "
+            f"{grid.unit[axis]}) would re-quantise the values already stored and break the "
+            "error bound, so it is refused even with safe_chunks=False. Write whole "
+            f"{grid.unit_name}s (merge the stored part with the new data yourself and rewrite "
+            f"the whole {grid.unit_name})"
+        )
+
+
 def _check_aligned(
     name: str, dims: tuple[str, ...], selection: tuple[slice, ...], grid: ChunkGrid
 ) -> None:
@@ -444,12 +464,3 @@ def _alignment_error(
         f"boundary of the template ({unit} size {size}{inner}); the nearest aligned choices "
         f"are {lo} and {hi}; {fix}"
     )
-
-
-def chunk_pieces(sel: slice, chunk: int) -> list[slice]:
-    """Split one dimension's ``sel`` every ``chunk`` elements.
-
-    Deprecated: kept only for callers outside the planner that have not moved to
-    :meth:`ChunkGrid.dim_pieces` (which splits at write units, shards included).
-    """
-    return ChunkGrid(shape=(sel.stop,), chunks=(chunk,)).dim_pieces(0, sel)

@@ -171,7 +171,7 @@ def _unbuffered(store: Store) -> Store:
     """
     if isinstance(store, BufferedStore):
         store.flush_sync()
-        return store._store
+        return store.wrapped
     return store
 
 

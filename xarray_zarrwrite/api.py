@@ -14,7 +14,7 @@ from zarr.abc.store import Store
 from ._compat import async_array, sync
 from ._dask import RegionTarget
 from ._open import StaleTemplateError, load_template, load_template_gated, load_template_with_root
-from ._region import chunk_pieces, plan_region
+from ._region import plan_region
 from ._runtime import runtime
 from ._staging import is_device_array, to_host
 from ._store import ensure_writable, resolve_store, store_key
@@ -222,13 +222,11 @@ def _write_dask(
     for w in planned.writes:
         arr = info.arrays[w.name]
         data = w.variable.data
-        # one block per chunk-aligned piece: no two tasks ever share a chunk, even with
-        # safe_chunks=False (where the first and last piece may be partial chunks)
+        # one block per write-unit piece (the shard when sharded): no two tasks ever share a
+        # write unit, even with safe_chunks=False (first and last pieces may be partial)
         grid = tuple(
-            tuple(s.stop - s.start for s in pieces)
-            for pieces in (
-                chunk_pieces(sel, c) for sel, c in zip(w.selection, arr.chunks, strict=True)
-            )
+            tuple(s.stop - s.start for s in w.grid.dim_pieces(axis, sel))
+            for axis, sel in enumerate(w.selection)
         )
         if not isinstance(data, da.Array):
             data = da.from_array(data, chunks=grid)  # type: ignore[no-untyped-call]  # dask: unannotated

@@ -342,9 +342,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from ._check import check
+    from ._check import PARTIAL_ATTR, check, read_record
     from ._store import resolve_store
-    from .convert._partial import PARTIAL_ATTR, read_record
 
     status = check(args.store, time_dim=args.time_dim, variables=args.variables)
     print(status.summary())

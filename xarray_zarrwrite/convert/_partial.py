@@ -12,14 +12,15 @@ the stored chunk with the new data, writes it whole and drops it from the record
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import zarr
 
+from .._check import PARTIAL_ATTR, Record, read_record
 from .._compat import sync
 from .._grid import ChunkGrid
 from ._plan import Task
@@ -29,10 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PARTIAL_ATTR", "PartialState", "read_record", "write_record"]
 
-#: Root attribute of the archive that lists partial chunks and the labels they lack.
-PARTIAL_ATTR: Final = "xarray_zarrwrite:partial"
 
-Record = dict[str, dict[str, list[str]]]
 ChunkIndex = tuple[int, ...]
 
 
@@ -42,19 +40,6 @@ def label_text(value: Any) -> str:
         return str(pd.Timestamp(value).isoformat())
     iso = getattr(value, "isoformat", None)
     return str(iso()) if callable(iso) else str(value)
-
-
-def read_record(store: Any) -> Record:
-    """The partial-chunk record of the archive in ``store`` (empty when it has none)."""
-    group = zarr.open_group(store=store, mode="r")
-    raw: Any = group.attrs.get(PARTIAL_ATTR) or {}
-    if not isinstance(raw, Mapping):
-        return {}
-    return {
-        str(var): {str(k): [str(x) for x in labels] for k, labels in chunks.items()}
-        for var, chunks in raw.items()
-        if isinstance(chunks, Mapping)
-    }
 
 
 def write_record(store: Any, record: Record) -> None:

@@ -248,6 +248,11 @@ class BufferedStore(WrapperStore[Store]):
     # -- public extras ------------------------------------------------------------------------
 
     @property
+    def wrapped(self) -> Store:
+        """The store this buffer writes to."""
+        return self._store
+
+    @property
     def max_buffer_bytes(self) -> int:
         """Bound of the buffer in bytes."""
         return self._core.config.max_buffer_bytes

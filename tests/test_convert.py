@@ -494,7 +494,10 @@ def test_missing_source_is_incomplete_and_check_shows_it(tmp_path, full, yearly)
     assert set(record["t2m"]) == {"c/7/0/0", "c/10/0/0"}
     assert record["t2m"]["c/7/0/0"][0].startswith(day(731))
     assert len(record["t2m"]["c/7/0/0"]) == 69 and len(record["t2m"]["c/10/0/0"]) == 96
-    assert check(path).missing["t2m"] == [(day(800), day(999))]  # chunks 8..9 not written
+    # chunks 8..9 not written, 7 and 10 partial: check() counts all four as missing
+    status = check(path)
+    assert status.missing["t2m"] == [(day(700), day(1099))]
+    assert status.variables["t2m"].partial_chunks == ((7, 0, 0), (10, 0, 0))
     # adding the file completes it, partial chunks merged, the record gone
     report = run(yearly, path, chunks={"time": 100}, max_workers=0)
     assert report.status == "complete" and report.ok and not report.missing
@@ -512,8 +515,11 @@ def test_template_beyond_sources_writes_straddling_chunk(tmp_path, full, yearly)
     back = xr.open_zarr(path, chunks=None).load()
     np.testing.assert_array_equal(back.t2m.values[:731], full.t2m.values[:731])
     assert np.isnan(back.t2m.values[731:]).all()
-    assert check(path).missing["t2m"] == [(day(800), "2003-12-31")]
+    status = check(path)  # the partial chunk 7 counts as missing, with what follows
+    assert status.missing["t2m"] == [(day(700), "2003-12-31")]
+    assert status.variables["t2m"].partial_chunks == ((7, 0, 0),)
     assert run(yearly, path, max_workers=0).ok
+    assert check(path).complete
     assert_bit_identical(path, full)
 
 

@@ -19,7 +19,7 @@ STAMP_OLDEST := $(VENV_OLDEST)/.installed
 # the top: rerun one order with `make test PYTEST_ARGS=--randomly-seed=N`.
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-newest test-oldest lint typecheck docs bench-quick stress clean
+.PHONY: demo test test-newest test-oldest lint typecheck docs bench-quick figures stress clean
 
 # The stamp records the interpreter: a .venv made by another Python is rebuilt, not reused.
 $(STAMP): pyproject.toml
@@ -37,7 +37,7 @@ $(STAMP_OLDEST): pyproject.toml .ci/constraints-oldest.txt
 	rm -rf $(VENV_OLDEST) && $(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
 	$(VENV_OLDEST)/bin/python -m pip install -q --upgrade pip
 	$(VENV_OLDEST)/bin/python -m pip install -q --only-binary :all: \
-		-c .ci/constraints-oldest.txt -e ".[test]"
+		-c .ci/constraints-oldest.txt -e ".[test,torch]"
 	echo "$(PYTHON_OLDEST)" > $(STAMP_OLDEST)
 
 demo: $(STAMP)
@@ -70,6 +70,10 @@ docs: $(STAMP)
 bench-quick: $(STAMP)
 	cd asv_bench && ../$(BIN)/asv machine --yes --machine ci >/dev/null
 	cd asv_bench && ../$(BIN)/asv run --python=same --quick --dry-run --show-stderr --machine ci
+
+# Benchmark charts for the docs (small comparison runs, a few minutes): docs/_static/*.png
+figures: $(STAMP)
+	$(BIN)/python asv_bench/figures.py --out docs/_static
 
 stress: $(STAMP)
 	$(BIN)/python -m pytest --run-slow tests/reliability

@@ -1,31 +1,37 @@
-"""Figures for ``xarray_zarrwrite.convert`` against ``xr.open_mfdataset(...).to_zarr(...)``.
+"""Figures of issue 12 for ``xarray_zarrwrite.convert``, all measured in one run.
 
 Usage::
 
-    python asv_bench/compare_convert.py            # 3 repeats of everything (a few minutes)
-    python asv_bench/compare_convert.py --quick    # 1 repeat, smaller memory sweep
+    python asv_bench/compare_convert.py            # 3 repeats of the warm rows (a few minutes)
+    python asv_bench/compare_convert.py --quick    # 1 repeat; daily files at 60 x 120
+    python asv_bench/compare_convert.py --only 1   # one figure (1, 2, 3 or 4)
 
-Figures (daily 1461 x 120 x 240 float32, 168 MB, one variable, uncompressed NetCDF sources,
-blosc zstd-3 + shuffle output for both methods):
+Data: daily 1461 x 120 x 240 float32 (168 MB), one variable, uncompressed NetCDF4 sources;
+blosc zstd-3 + shuffle output for every method.
 
-1. 4 yearly files, time chunk 73 and 100, 2 workers: wall time against plain
-   ``xr.open_mfdataset(files).chunk(time=c).to_zarr(...)`` (dask's threaded scheduler).
-2. 48 monthly files: the same comparison, plus 1 vs 2 workers.
-3. Peak RSS per worker against ``memory_limit`` (local pool and a dask LocalCluster).
+The xarray baseline is exactly ``xr.open_mfdataset(files).chunk({"time": C}).to_zarr(store,
+encoding=<the same chunks and compressors>)``. The floor (``floor_convert.py``) reads the raw
+bytes with h5py and compresses them per output chunk with the same codec on 2 threads, nothing
+else in between. "cold" is the first call in a fresh process (a child process that imports
+everything first: imports are excluded on both sides); "warm" rows are medians of repeats in
+this process (min in brackets).
 
-``convert`` runs include everything (scanning, template, planning, the pool). "cold" is the
-first call in this process, which starts the local pool's forkserver (the library imported once,
-about a second on a small machine); later calls fork workers from it in milliseconds. Times are
-medians over the repeats (min in brackets).
+1. 4 yearly files, time chunk 73 and 100: convert vs the xarray baseline (goal >= 1.5x) and
+   vs the floor (goal <= 1.3x), cold and warm.
+2. 1,461 daily files: convert vs ``open_mfdataset(files).to_zarr()`` (goal >= 10x).
+3. 48 monthly files: convert with 1 vs 2 workers.
+4. Peak RSS against ``memory_limit``, 3 limits, each in a fresh process.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -69,7 +75,7 @@ def write_files(ds: xr.Dataset, directory: str, freq: str) -> list[str]:
     edges = [*pd.date_range("2000-01-01", "2004-01-01", freq=freq)]
     paths = []
     for a, b in zip(edges[:-1], edges[1:], strict=True):
-        path = os.path.join(directory, f"t2m-{a:%Y-%m}.nc")
+        path = os.path.join(directory, f"t2m-{a:%Y-%m-%d}.nc")
         ds.sel(time=slice(a, b - pd.Timedelta(days=1))).to_netcdf(path)
         paths.append(path)
     return paths
@@ -136,19 +142,24 @@ def verify(files: list[str], store: str, chunk: int, expected: xr.Dataset) -> No
 
 
 class Table:
-    def __init__(self) -> None:
+    def __init__(self, nbytes: int) -> None:
         self.rows: list[tuple[str, ...]] = []
+        self.nbytes = nbytes
 
-    def add(self, fig: str, case: str, method: str, times: list[float], ref: float | None) -> None:
+    def add(
+        self, fig: str, case: str, method: str, times: list[float], refs: dict[str, float]
+    ) -> float:
+        """A row; ``refs``: {label: seconds} of the rows it is compared with."""
         med = statistics.median(times)
-        ratio = f"{ref / med:.2f}x" if ref else ""
-        mbs = f"{NT * NLAT * NLON * 4 / 1e6 / med:.0f}"
-        spread = f"{med:.2f} ({min(times):.2f})"
-        self.rows.append((fig, case, method, spread, mbs, ratio))
-        print(f"  {case:<24} {method:<40} {spread:>14} s {mbs:>6} MB/s {ratio:>7}", flush=True)
+        ratios = ", ".join(f"{ref / med:.2f}x vs {label}" for label, ref in refs.items())
+        mbs = f"{self.nbytes / 1e6 / med:.0f}"
+        spread = f"{med:.2f} ({min(times):.2f})" if len(times) > 1 else f"{med:.2f}"
+        self.rows.append((fig, case, method, spread, mbs, ratios))
+        print(f"  {case:<22} {method:<44} {spread:>13} s {mbs:>5} MB/s  {ratios}", flush=True)
+        return med
 
     def show(self) -> None:
-        head = ("fig", "case", "method", "median (min) s", "MB/s", "speed-up vs xarray")
+        head = ("fig", "case", "method", "median (min) s", "MB/s", "speed-up (ref / this)")
         widths = [max(len(str(r[i])) for r in [head, *self.rows]) for i in range(6)]
         line = " | ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))
         print("\n" + line + "\n" + "-" * len(line))
@@ -156,90 +167,167 @@ class Table:
             print(" | ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
 
 
+# --- cold runs: a fresh child process, imports done before the clock starts ----------------
+
+
+def _child(argv: list[str]) -> int:
+    """``--child KIND JSON``: import everything, then time one call; prints a JSON line."""
+    kind, spec = argv[0], json.loads(argv[1])
+    import dask.array  # noqa: F401
+    import h5py  # noqa: F401
+    import netCDF4  # noqa: F401
+
+    import xarray_zarrwrite.convert  # noqa: F401
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import floor_convert
+
+    files, store, chunk = spec["files"], spec["store"], spec["chunk"]
+    t0 = time.perf_counter()
+    peak = 0
+    if kind == "convert":
+        report = run_convert(files, store, chunk, **spec.get("kw", {}))
+        peak = max(w.peak_rss for w in report.workers)
+    elif kind == "xarray":
+        xarray_baseline(files, store, chunk)
+    elif kind == "xarray-plain":
+        xarray_plain(files, store)
+    else:
+        floor_convert.floor(files, "t2m", chunk, store)
+        shutil.rmtree(store, ignore_errors=True)
+    print(json.dumps({"seconds": time.perf_counter() - t0, "peak_rss": peak}))
+    return 0
+
+
+def cold(kind: str, files: list[str], store: str, chunk: int, **kw: Any) -> dict[str, Any]:
+    spec = json.dumps({"files": files, "store": store, "chunk": chunk, "kw": kw})
+    out = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", kind, spec],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def xarray_plain(files: list[str], store: str) -> None:
+    """``xr.open_mfdataset(files).to_zarr(store)``, as issue 12 names it for daily files."""
+    with fresh(store), xr.open_mfdataset(files, combine="by_coords") as ds:
+        ds.to_zarr(store, mode="w", zarr_format=3, consolidated=False)
+
+
+def floor(files: list[str], store: str, chunk: int) -> None:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import floor_convert
+
+    with fresh(store):
+        floor_convert.floor(files, "t2m", chunk, store)
+
+
+# --- the figures ---------------------------------------------------------------------------
+
+
+def figure1(table: Table, yearly: list[str], out: str, repeats: int) -> None:
+    print("figure 1: 4 yearly files, 2 workers (threads)")
+    for chunk in (73, 100):
+        case = f"yearly, chunk {chunk}"
+        xr_cold = cold("xarray", yearly, out, chunk)["seconds"]
+        fl_cold = cold("floor", yearly, out, chunk)["seconds"]
+        cv_cold = cold("convert", yearly, out, chunk, max_workers=2)["seconds"]
+        table.add("1", case, "xarray baseline, cold", [xr_cold], {})
+        table.add("1", case, "floor (h5py + codec, 2 threads), cold", [fl_cold], {})
+        table.add("1", case, "convert, cold", [cv_cold], {"xarray": xr_cold, "floor": fl_cold})
+        base, _ = timed(lambda c=chunk: xarray_baseline(yearly, out, c), repeats)
+        low, _ = timed(lambda c=chunk: floor(yearly, out, c), repeats)
+        xr_w = table.add("1", case, "xarray baseline, warm", base, {})
+        fl_w = table.add("1", case, "floor, warm", low, {})
+        warm, _ = timed(lambda c=chunk: run_convert(yearly, out, c, max_workers=2), repeats)
+        table.add("1", case, "convert, warm", warm, {"xarray": xr_w, "floor": fl_w})
+
+
+def figure2(table: Table, daily: list[str], out: str) -> None:
+    print(f"figure 2: {len(daily)} daily files (cold, one call each)")
+    plain = cold("xarray-plain", daily, out, 1)["seconds"]
+    table.add("2", f"{len(daily)} daily", "xr.open_mfdataset(files).to_zarr(), cold", [plain], {})
+    for chunk in (1, 73):
+        sec = cold("convert", daily, out, chunk, max_workers=2)["seconds"]
+        table.add(
+            "2", f"{len(daily)} daily", f"convert, chunk {chunk}, cold", [sec], {"xarray": plain}
+        )
+
+
+def figure3(table: Table, monthly: list[str], out: str, repeats: int) -> None:
+    print("figure 3: 48 monthly files, 1 vs 2 workers (chunk 73)")
+    base, _ = timed(lambda: xarray_baseline(monthly, out, 73), repeats)
+    ref = table.add("3", "monthly, chunk 73", "xarray baseline, warm", base, {})
+    one = None
+    for n in (1, 2):
+        t, _ = timed(lambda n=n: run_convert(monthly, out, 73, max_workers=n), repeats)
+        refs = {"xarray": ref} if one is None else {"xarray": ref, "1 worker": one}
+        med = table.add("3", "monthly, chunk 73", f"convert, {n} worker(s), warm", t, refs)
+        one = one or med
+
+
+def figure4(yearly: list[str], out: str) -> list[tuple[str, float, int]]:
+    print("figure 4: peak RSS vs memory_limit (yearly, chunk 100, 2 workers, fresh process each)")
+    rows = []
+    for limit in ("300MB", "600MB", "1200MB"):
+        got = cold("convert", yearly, out, 100, max_workers=2, memory_limit=limit)
+        rows.append((limit, got["seconds"], int(got["peak_rss"])))
+        print(f"  {limit}: peak RSS {got['peak_rss'] / 1e6:.0f} MB in {got['seconds']:.2f} s")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return _child(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="1 repeat; fewer memory limits")
+    parser.add_argument("--quick", action="store_true", help="1 repeat; smaller daily files")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--dir", help="work directory (default: a temporary one)")
-    parser.add_argument("--no-dask", action="store_true", help="skip the LocalCluster rows")
+    parser.add_argument("--only", action="append", choices=["1", "2", "3", "4"])
+    parser.add_argument("--dir", help="work directory (default: a temporary one; kept if given)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
+    figures = set(args.only or ["1", "2", "3", "4"])
     work = args.dir or tempfile.mkdtemp(prefix="xzw-compare-")
     os.makedirs(work, exist_ok=True)
-    from dask.utils import format_bytes
-
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPU(s), work dir {work}")
+    print("load average before:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     t0 = time.perf_counter()
     ds = make_data()
     yearly = write_files(ds, os.path.join(work, "yearly"), "YS")
-    monthly = write_files(ds, os.path.join(work, "monthly"), "MS")
+    monthly = write_files(ds, os.path.join(work, "monthly"), "MS") if "3" in figures else []
+    daily: list[str] = []
+    if "2" in figures:
+        small = ds.isel(lat=slice(None, None, 2), lon=slice(None, None, 2)) if args.quick else ds
+        daily = write_files(small, os.path.join(work, "daily"), "D")
     print(
-        f"data: {ds.t2m.nbytes / 1e6:.0f} MB, {len(yearly)} yearly and {len(monthly)} monthly "
-        f"NetCDF files, made in {time.perf_counter() - t0:.1f} s"
+        f"data: {ds.t2m.nbytes / 1e6:.0f} MB; {len(yearly)} yearly, {len(monthly)} monthly, "
+        f"{len(daily)} daily NetCDF files, made in {time.perf_counter() - t0:.1f} s"
     )
     out = os.path.join(work, "out.zarr")
     verify(yearly, out, 100, ds)
-    table = Table()
+    table = Table(int(ds.t2m.nbytes))
+    mem: list[tuple[str, float, int]] = []
     try:
-        # cold: the very first convert of this process starts the pool's forkserver
-        cold, _ = timed(lambda: run_convert(yearly, out, 73, max_workers=2), 1)
-        print("figure 1: 4 yearly files, 2 workers")
-        for chunk in (73, 100):
-            case = f"yearly, chunk {chunk}"
-            base, _ = timed(lambda c=chunk: xarray_baseline(yearly, out, c), repeats)
-            ref = statistics.median(base)
-            table.add("1", case, "xr.open_mfdataset().to_zarr()", base, None)
-            if chunk == 73:
-                table.add("1", case, "convert, 2 workers, cold (1st call)", cold, ref)
-            warm, _ = timed(lambda c=chunk: run_convert(yearly, out, c, max_workers=2), repeats)
-            table.add("1", case, "convert, 2 workers", warm, ref)
-
-        print("figure 2: 48 monthly files")
-        for chunk in (73, 100):
-            case = f"monthly, chunk {chunk}"
-            base, _ = timed(lambda c=chunk: xarray_baseline(monthly, out, c), repeats)
-            ref = statistics.median(base)
-            table.add("2", case, "xr.open_mfdataset().to_zarr()", base, None)
-            for n in (1, 2):
-                t, _ = timed(
-                    lambda c=chunk, n=n: run_convert(monthly, out, c, max_workers=n), repeats
-                )
-                table.add("2", case, f"convert, {n} worker(s)", t, ref)
-
-        print("figure 3: peak RSS per worker vs memory_limit (yearly, chunk 100)")
-        limits: list[Any] = [None, "1GB", "400MB"] if not args.quick else [None, "400MB"]
-        mem_rows = []
-        for limit in limits:
-            report = run_convert(yearly, out, 100, max_workers=2, memory_limit=limit)
-            mem_rows.append(("local pool", limit, report))
-        if not args.no_dask:
-            from distributed import Client, LocalCluster
-
-            with (
-                LocalCluster(
-                    n_workers=2, threads_per_worker=1, memory_limit="1GB", dashboard_address=None
-                ) as cluster,
-                Client(cluster) as client,
-            ):
-                run_convert(yearly, out, 100, client=client)  # warm the workers up
-                t, report = timed(lambda: run_convert(yearly, out, 100, client=client), repeats)
-                table.add("1", "yearly, chunk 100", "convert on LocalCluster(2x1)", t, None)
-                mem_rows.append(("LocalCluster 2x1", "1GB", report))
+        if "1" in figures:
+            figure1(table, yearly, out, repeats)
+        if "2" in figures:
+            figure2(table, daily, out)
+        if "3" in figures:
+            figure3(table, monthly, out, repeats)
+        if "4" in figures:
+            mem = figure4(yearly, out)
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
     table.show()
-    print("\nfigure 3: peak RSS per worker")
-    print(
-        f"{'executor':<18} {'memory_limit':<12} {'limit/worker':>12} {'task estimate':>14} "
-        f"{'tasks':>5}  peak RSS per worker"
-    )
-    for name, limit, report in mem_rows:
-        peaks = ", ".join(format_bytes(w.peak_rss) for w in report.workers)
-        print(
-            f"{name:<18} {limit or 'auto':<12} {format_bytes(report.memory_limit or 0):>12} "
-            f"{format_bytes(report.task_memory_estimate):>14} {report.ntasks:>5}  {peaks}"
-        )
+    if mem:
+        print("\nfigure 4: peak RSS of the (one) worker process vs memory_limit")
+        for limit, sec, peak in mem:
+            print(f"  memory_limit {limit:>7}: peak RSS {peak / 1e6:6.0f} MB ({sec:.2f} s)")
+    print("load average after:", " ".join(f"{x:.2f}" for x in os.getloadavg()))
     return 0
 
 

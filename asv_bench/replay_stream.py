@@ -1,14 +1,19 @@
 """Replay of streaming inference output (the Earth2Studio case), ours vs xarray vs zarr-python.
 
 An 8-member ensemble, 1 initial time, 21 lead times, ``t2m`` and ``tcwv`` on a 721 x 1440
-float32 grid (smooth fields plus small noise), template chunks (8, 1, 1, 721, 1440), blosc zstd
-level 3 with shuffle, one lead time per step (66 MB). In one run:
+float32 grid (smooth fields plus small noise), template chunks (8, 1, L, 721, 1440) with
+``lead_time`` chunk L = 1 and L = 7 (``--lead-chunks``), blosc zstd level 3 with shuffle, one
+lead time per step (66 MB). Writers: ours (:class:`StreamWriter`, which assembles the steps of
+a 7-step chunk in memory and writes each chunk once), xarray ``to_zarr(region=...)`` per step
+(``safe_chunks=False`` where a step is part of a chunk: read-modify-write), and Earth2Studio-
+style per-step writes (zarr ``Array.__setitem__`` per step: read-modify-write too). In one run:
 
 1. with a fake model step of 0.3 s that leaves the CPU idle (like a GPU model): the time the
-   caller spends inside write calls over the 21 steps;
+   caller spends inside write calls over the 21 steps (exposed time);
 2. with no model step: the time until everything is durable, against the two-core compression
    bound (the measured time to blosc-compress every chunk on two threads);
-3. the peak extra resident memory of our writer against ``max_inflight_mb``;
+3. bytes written to the store (``write()`` syscall bytes of the process: read-modify-write
+   shows here) and the peak extra resident memory of each writer;
 4. the 20 ms-latency store case (20 variables x 4 chunks) through ``BufferedStore``.
 
 Run: ``.venv/bin/python asv_bench/replay_stream.py`` (``--steps 5`` for a quick look).
@@ -68,12 +73,12 @@ def make_steps(nsteps: int) -> list[xr.Dataset]:
     return steps
 
 
-def make_template(path: Path, steps: list[xr.Dataset]) -> None:
+def make_template(path: Path, steps: list[xr.Dataset], lead_chunk: int = 1) -> None:
     lead = np.array([s.lead_time.values[0] for s in steps])
     steps[0].fastzarr.to_template(
         str(path),
         extent={"lead_time": lead},
-        chunks={"ensemble": 8, "time": 1, "lead_time": 1, "lat": -1, "lon": -1},
+        chunks={"ensemble": 8, "time": 1, "lead_time": lead_chunk, "lat": -1, "lon": -1},
         compression=COMPRESSION,
         mode="w",
     )
@@ -100,18 +105,21 @@ class RSSPeak:
         return (self.peak - self.start) / 2**20
 
 
+def written_bytes() -> int:
+    """Bytes this process has passed to ``write()`` so far (Linux ``wchar``)."""
+    return int(psutil.Process().io_counters().write_chars)
+
+
 def run_ours(path, steps, model_s, max_inflight_mb):
     inside = 0.0
     t0 = time.perf_counter()
-    mem = RSSPeak()
     with xzw.StreamWriter(str(path), max_inflight_mb=max_inflight_mb) as writer:
         for step in steps:
             time.sleep(model_s)
             a = time.perf_counter()
             writer.write(step)
             inside += time.perf_counter() - a
-    total = time.perf_counter() - t0
-    return inside, total, mem.stop()
+    return inside, time.perf_counter() - t0
 
 
 def run_xarray(path, steps, model_s):
@@ -121,7 +129,7 @@ def run_xarray(path, steps, model_s):
         time.sleep(model_s)
         a = time.perf_counter()
         step.drop_vars(["ensemble", "time", "lat", "lon"]).to_zarr(
-            str(path), region={"lead_time": slice(k, k + 1)}, mode="r+"
+            str(path), region={"lead_time": slice(k, k + 1)}, mode="r+", safe_chunks=False
         )
         inside += time.perf_counter() - a
     return inside, time.perf_counter() - t0
@@ -189,53 +197,86 @@ def latency_case(repeats: int = 3) -> tuple[float, float, float]:
     return best["ours"], best["buffered"], best["xarray"]
 
 
+def budget_mb(lead_chunk: int, given: float) -> float:
+    """``given``, or what one open chunk of both variables is charged if that is more (the
+    budget rule of chunk assembly: 1.5 x the chunk, plus a byte per element, plus a step)."""
+    elems = MEMBERS * lead_chunk * NLAT * NLON
+    need = 2 * elems * (4 * 1.5 + 1) + 2 * MEMBERS * NLAT * NLON * 4
+    return max(given, need / 2**20) if lead_chunk > 1 else given
+
+
+def run_one(name, path, steps, model_s, mb):
+    """One writer: (exposed s, durable s, MiB written, peak extra RSS MiB)."""
+    written = written_bytes()
+    mem = RSSPeak()
+    if name == "ours":
+        inside, total = run_ours(path, steps, model_s, mb)
+    elif name == "xarray":
+        inside, total = run_xarray(path, steps, model_s)
+    else:
+        inside, total = run_zarr(path, steps, model_s)
+    extra = mem.stop()
+    return inside, total, (written_bytes() - written) / 2**20, extra
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=21)
     p.add_argument("--model-step", type=float, default=0.3)
     p.add_argument("--max-inflight-mb", type=float, default=512)
+    p.add_argument("--lead-chunks", type=int, nargs="+", default=[1, 7])
+    p.add_argument("--no-latency", action="store_true", help="skip the latency-store case")
     args = p.parse_args()
     steps = make_steps(args.steps)
     mb = sum(s.nbytes for s in steps) / 2**20
     work = Path(tempfile.mkdtemp(prefix="xzw-replay-"))
     rows = []
     try:
-        for model_s in (args.model_step, 0.0):
-            res = {}
-            for name in ("ours", "xarray", "zarr"):
-                path = work / f"{name}-{model_s}.zarr"
-                make_template(path, steps)
-                if name == "ours":
-                    inside, total, extra = run_ours(path, steps, model_s, args.max_inflight_mb)
-                elif name == "xarray":
-                    (inside, total), extra = run_xarray(path, steps, model_s), None
-                else:
-                    (inside, total), extra = run_zarr(path, steps, model_s), None
-                verify(path, steps)
-                res[name] = (inside, total, extra)
-                shutil.rmtree(path)
-            rows.append((model_s, res))
+        for lead_chunk in args.lead_chunks:
+            limit = budget_mb(lead_chunk, args.max_inflight_mb)
+            for model_s in (args.model_step, 0.0):
+                for name in ("ours", "xarray", "zarr"):
+                    path = work / f"{name}-{model_s}-{lead_chunk}.zarr"
+                    make_template(path, steps, lead_chunk)
+                    res = run_one(name, path, steps, model_s, limit)
+                    verify(path, steps)
+                    rows.append((lead_chunk, limit, model_s, name, res))
+                    shutil.rmtree(path)
+                    print(f"done: {rows[-1]}", flush=True)  # progress, for long runs
         bound = compression_bound(steps)
-        lat = latency_case()
+        lat = None if args.no_latency else latency_case()
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report(args, rows, mb, bound, lat)
 
+
+def report(args, rows, mb, bound, lat) -> None:
     print(f"\n{args.steps} steps, {mb:.0f} MiB raw, blosc zstd-3 shuffle, 2 cores")
     print(f"two-core compression bound: {bound:.2f} s\n")
     print(
-        "| model step | writer | time inside write calls (s) | time until durable (s) | peak extra RSS (MiB) |"
+        "| lead_time chunk | model step | writer | exposed time (s) | time until durable (s) "
+        "| MiB written | peak extra RSS (MiB) |"
     )
-    print("| --- | --- | --- | --- | --- |")
-    for model_s, res in rows:
-        for name, (inside, total, extra) in res.items():
-            rss = f"{extra:.0f} (limit {args.max_inflight_mb:.0f})" if extra is not None else ""
-            print(f"| {model_s:.1f} s | {name} | {inside:.3f} | {total:.2f} | {rss} |")
-    (_, r0), (_, r1) = rows
-    print(
-        f"\nratios: caller time xarray/ours {r0['xarray'][0] / r0['ours'][0]:.1f}x (model step); "
-        f"durable time xarray/ours {r1['xarray'][1] / r1['ours'][1]:.2f}x, "
-        f"ours/bound {r1['ours'][1] / bound:.2f}x (no model step)"
-    )
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    by = {}
+    for lead_chunk, limit, model_s, name, (inside, total, wrote, extra) in rows:
+        by[lead_chunk, model_s, name] = (inside, total)
+        rss = f"{extra:.0f}" + (f" (limit {limit:.0f})" if name == "ours" else "")
+        print(
+            f"| {lead_chunk} | {model_s:.1f} s | {name} | {inside:.3f} | {total:.2f} "
+            f"| {wrote:.0f} | {rss} |"
+        )
+    m = args.model_step
+    for c in args.lead_chunks:
+        ours_e, ours_d = by[c, m, "ours"][0], by[c, 0.0, "ours"][1]
+        print(
+            f"\nlead_time chunk {c}: exposed xarray/ours {by[c, m, 'xarray'][0] / ours_e:.1f}x, "
+            f"zarr/ours {by[c, m, 'zarr'][0] / ours_e:.1f}x (model step); durable "
+            f"xarray/ours {by[c, 0.0, 'xarray'][1] / ours_d:.2f}x, "
+            f"ours/bound {ours_d / bound:.2f}x (no model step)"
+        )
+    if lat is None:
+        return
     print(
         f"20 ms latency, 20 vars x 4 chunks: ours {lat[0]:.3f} s, through BufferedStore "
         f"{lat[1]:.3f} s, xarray {lat[2]:.3f} s ({lat[2] / lat[1]:.1f}x)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from xarray_zarrwrite._cli_util import for_shell
 from xarray_zarrwrite.cli import build_parser, main, parse_chunks, parse_region
 from xarray_zarrwrite.testing.datasets import era5_like
 
@@ -48,6 +50,7 @@ def test_help(command, capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "usage: xarray-zarrwrite" in out
+    assert "examples:" in out and "  xarray-zarrwrite " in out  # an example per subcommand
     if command is None:
         for sub in SUBCOMMANDS:
             assert sub in out
@@ -158,7 +161,8 @@ def test_convert_invalid_input_exits_2(tmp_path, files, capsys):
     assert main(["convert", files[0], files[0], store, "--no-progress"]) == 2
     assert "is given 2 times" in capsys.readouterr().err
     assert main(["convert", files[0], store, "--memory-limit", "lots"]) == 2
-    assert "memory_limit" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--memory-limit" in err and "memory_limit" not in err  # the flag, not the keyword
     assert main(["convert", store]) == 2
     assert not (tmp_path / "c.zarr").exists()  # nothing was written
 
@@ -201,3 +205,143 @@ def test_demo_small(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "identical" in out and "demo: OK" in out
     assert "open_mfdataset" in out
+
+
+def run_cli(*argv, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "xarray_zarrwrite", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        cwd=cwd,
+    )
+
+
+def test_json_stdout_is_one_document(tmp_path, files, data):
+    store = tmp_path / "j.zarr"
+    # progress bars on (the default): they and the summary go to stderr
+    proc = run_cli("convert", *files, store, "--chunks", "time=30", "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)  # exactly one JSON document, nothing else
+    assert report["status"] == "complete" and report["ok"] is True
+    assert "COMPLETE" in proc.stderr and "COMPLETE" not in proc.stdout
+    assert_bit_identical(store, data)
+    proc = run_cli("check", store, "--json", "-")
+    assert proc.returncode == 0, proc.stderr
+    status = json.loads(proc.stdout)
+    assert status["complete"] is True and status["store"] == str(store)
+    assert "complete" in proc.stderr
+
+
+def test_messages_name_flags_and_stores_as_given(tmp_path, files, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "nothing.zarr"]) == 2
+    err = capsys.readouterr().err
+    assert "nothing.zarr" in err and "file://" not in err and "LocalStore(" not in err
+    assert "xarray-zarrwrite template SOURCE STORE" in err
+    assert "fastzarr" not in err
+    argv = ["convert", files[0], "t.zarr", "--time-dim", "day", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--time-dim" in err and "time_dim" not in err
+    assert not (tmp_path / "t.zarr").exists()
+
+
+def test_check_unknown_variable_and_plot(tmp_path, files, data, capsys):
+    store = str(tmp_path / "p.zarr")
+    argv = ["convert", files[0], files[2], store, "--freq", "D", "--workers", "0"]
+    assert main([*argv, "--no-progress", "--chunks", "time=20"]) == 3  # middle file missing
+    capsys.readouterr()
+    assert main(["check", store, "--variables", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "map.png"
+    assert main(["check", store, "--plot", str(png)]) == 3
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert f"completeness map: {png}" in capsys.readouterr().out
+    back = xr.open_zarr(store, chunks=None)
+    assert back.t2m.isel(time=-1).values.tobytes() == data.t2m.isel(time=-1).values.tobytes()
+
+
+def test_storage_options_json(tmp_path, files, data, capsys):
+    url = f"memory://{tmp_path.name}/s.zarr"  # this process: convert runs on threads here
+    opts = json.dumps({"skip_instance_cache": True})
+    argv = ["convert", *files, url, "--workers", "0", "--no-progress", "--storage-options", opts]
+    assert main(argv) == 0
+    assert main(["check", url, "--storage-options", opts]) == 0
+    assert_bit_identical(url, data)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["check", url, "--storage-options", "{not json"])
+    assert info.value.code == 2
+    assert "--storage-options is not valid JSON" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["check", url, "--storage-options", "[1, 2]"])
+    assert info.value.code == 2
+
+
+def test_interrupt_exits_130_and_says_how_to_resume(tmp_path, files, monkeypatch, capsys):
+    conv = sys.modules["xarray_zarrwrite.convert"]  # the package (its name is the function)
+
+    def interrupted(*args, **kwargs):
+        # what the executors log when Ctrl-C arrives, then the interrupt itself
+        logging.getLogger("xarray_zarrwrite.convert._executors").warning(
+            "convert interrupted (%s): cancelled %d queued task(s), waiting for %d "
+            "running one(s); run convert again to resume",
+            "KeyboardInterrupt",
+            5,
+            2,
+        )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(conv, "convert", interrupted)
+    assert main(["convert", *files, str(tmp_path / "i.zarr"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: 5 tasks cancelled; re-run the same command to resume" in err
+
+
+def test_demo_data_only(tmp_path, capsys):
+    assert main(["demo", "--data-only", str(tmp_path / "d"), "--months", "2"]) == 0
+    assert "wrote 2 sample file(s)" in capsys.readouterr().out
+    names = sorted(p.name for p in (tmp_path / "d").iterdir())
+    assert names == ["t2m_2000-01.nc", "t2m_2000-02.nc"]
+    with xr.open_dataset(tmp_path / "d" / "t2m_2000-02.nc") as ds:
+        assert ds.sizes["time"] == 29 and str(ds.time.values[-1])[:10] == "2000-02-29"
+
+
+def test_for_shell():
+    assert (
+        for_shell("set time_dim= to its time dimension") == "set --time-dim to its time dimension"
+    )
+    assert for_shell("pass resume=False to replace it") == "pass --no-resume to replace it"
+    assert for_shell("or pass executor='processes'") == "or pass --executor processes"
+    assert for_shell("pass freq='D'") == "pass --freq D"
+    assert (
+        for_shell("create one first with ds.fastzarr.to_template(store)")
+        == "create one first with `xarray-zarrwrite template SOURCE STORE`"
+    )
+    assert for_shell("pass region={'time': slice(start, stop)}") == "pass --region time=START:STOP"
+    assert for_shell("memory_limit 'x' is bad") == "--memory-limit 'x' is bad"
+    assert for_shell("the chunks of time") == "the chunks of time"  # English words stay
+    stores = {"file:///abs/a.zarr": "a.zarr", "LocalStore('file:///abs/a.zarr')": "a.zarr"}
+    assert for_shell("no template at LocalStore('file:///abs/a.zarr')", stores) == (
+        "no template at a.zarr"
+    )
+
+
+def test_new_convert_flags_reach_convert(tmp_path, files, data):
+    import inspect
+
+    from xarray_zarrwrite import convert
+
+    if "shards" not in inspect.signature(convert).parameters:
+        pytest.skip("this convert has no shards keyword")
+    store = str(tmp_path / "s.zarr")
+    argv = ["convert", *files, store, "--chunks", "time=20,lat=-1,lon=-1", "--shards", "time=60"]
+    assert main([*argv, "--executor", "threads", "--workers", "2", "--no-progress"]) == 0
+    import zarr
+
+    arr = zarr.open_array(store, path="t2m", mode="r")
+    assert arr.chunks == (20, 6, 8) and arr.shards == (60, 6, 8)
+    assert_bit_identical(store, data)

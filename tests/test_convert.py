@@ -274,7 +274,7 @@ def client():
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             memory_limit="2GiB",
         ) as cluster,
         distributed.Client(cluster) as c,
@@ -333,7 +333,13 @@ def test_worker_sigkilled_then_resume(tmp_path, full, yearly):
     marker = tmp_path / "killed"
     store = KillingStore(path, kill_key="t2m/c/7/0/0", marker=str(marker))
     report = run(
-        yearly, store, chunks={"time": 100}, max_workers=2, retries=0, raise_on_failure=False
+        yearly,
+        store,
+        chunks={"time": 100},
+        max_workers=2,
+        executor="processes",  # the store kills the worker process it runs in
+        retries=0,
+        raise_on_failure=False,
     )
     assert marker.exists()
     assert not report.ok
@@ -361,7 +367,9 @@ def test_worker_sigkilled_then_resume(tmp_path, full, yearly):
 def test_killed_worker_is_retried_within_the_run(tmp_path, full, yearly):
     path = tmp_path / "out.zarr"
     store = KillingStore(path, kill_key="tcwv/c/3/0/0", marker=str(tmp_path / "killed"))
-    report = run(yearly, store, chunks={"time": 100}, max_workers=2, retries=1)
+    report = run(
+        yearly, store, chunks={"time": 100}, max_workers=2, executor="processes", retries=1
+    )
     assert (tmp_path / "killed").exists()
     assert report.ok
     assert_bit_identical(path, full)
@@ -539,7 +547,6 @@ def _variant(full, tmp_path, name, change):
     ("change", "error", "match"),
     [
         (lambda d: d.assign_coords(lat=d.lat + 0.5), RegionLabelError, "coordinate 'lat'"),
-        (lambda d: d.drop_vars("tcwv"), VariableNotInTemplateError, r"lacks \['tcwv'\]"),
         (lambda d: d.assign(t2m=d.t2m.astype("int64")), DtypeCastError, "int64"),
         (lambda d: d.assign(t2m=d.t2m.assign_attrs(units="degC")), RegionError, "'units'"),
         (
@@ -557,6 +564,24 @@ def test_sources_checked_against_each_other(tmp_path, full, change, error, match
         run(files, path, chunks={"time": 100}, max_workers=0)
     assert "bad-2002.nc" in str(info.value)
     assert snapshot(path) == {}  # nothing written, not even a template
+
+
+def test_a_variable_only_some_files_hold_is_incomplete_not_refused(tmp_path, full):
+    """Files along time whose variables differ are a per-variable layout: the variable
+    exists where its files are, and the report (and check) say which steps it lacks."""
+    files = _variant(full, tmp_path, "extra-2002.nc", lambda d: d.assign(q=d.t2m * 2))
+    path = tmp_path / "out.zarr"
+    report = run(files, path, chunks={"time": 100}, max_workers=0, raise_on_failure=False)
+    assert report.status == "incomplete"
+    status = check(path)
+    assert not status.complete
+    assert set(status.missing) == {"q"}
+    got = xr.open_zarr(path)
+    span = xr.open_dataset(files[2])
+    np.testing.assert_array_equal(
+        got.q.sel(time=span.time).values, (span.t2m * 2).values.astype(got.q.dtype)
+    )
+    span.close()
 
 
 def test_sources_checked_against_existing_template(tmp_path, full, yearly):
@@ -610,7 +635,7 @@ def test_plan_tasks_own_every_chunk_exactly_once(full, budget):
     )
     seen: dict[tuple, int] = {}
     for t in plan.tasks:
-        assert t.nbytes * PEAK_FACTOR <= max(budget, 3 * 100 * NLON * 2 * 4 * 2)
+        assert t.nbytes * PEAK_FACTOR <= max(budget, PEAK_FACTOR * 100 * NLON * 2 * 4 * 2)
         for name, idxs in t.chunk_indices(info).items():
             for idx in idxs:
                 assert (name, idx) not in seen, "two tasks share a chunk"

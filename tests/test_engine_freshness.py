@@ -93,13 +93,17 @@ def test_template_replaced_between_writes(tmp_path, how, other_process, path_kin
 def test_stream_writer_opened_before_the_replacement(tmp_path):
     path = str(tmp_path / "t.zarr")
     _make(path)
-    with xzw.StreamWriter(path) as writer:
-        writer.write(_steps().isel(time=[0, 1])).result()
-        _make(path, "2000-01-01", 4)  # other chunking, same labels
-        writer.write(_steps().isel(time=[4, 5, 6, 7])).result()
-        _make(path, "2001-06-01", 2)  # other start date: the step has no place any more
-        with pytest.raises(RegionError):
-            writer.write(_steps().isel(time=[2, 3]))
+    writer = xzw.StreamWriter(path)
+    writer.write(_steps().isel(time=[0, 1])).result()
+    _make(path, "2000-01-01", 4)  # other chunking, same labels
+    writer.write(_steps().isel(time=[4, 5, 6, 7])).result()
+    _make(path, "2001-06-01", 2)  # other start date: the step has no place any more
+    # planned against the cached (replaced) template, held for assembly: the gate before
+    # its unit's put refuses it, on its future (result() makes the open unit durable)
+    with pytest.raises(RegionError, match="replaced"):
+        writer.write(_steps().isel(time=[2, 3])).result(timeout=60)
+    with pytest.raises(RegionError, match="replaced"):  # once more on the caller's thread
+        writer.close()
     _check(path, _steps("2001-06-01"), [])
 
 

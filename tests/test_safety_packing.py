@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from _packed_sources import DAYS, assert_within, decoded, write_sources
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from xarray_zarrwrite import StreamWriter
+from xarray_zarrwrite._dask import RegionTarget, range_checked
 from xarray_zarrwrite._encoding import complete_fill, encode_variable
-from xarray_zarrwrite.codecs.cf import check_packed_values, needs_range_check
+from xarray_zarrwrite._open import load_template, load_template_with_root
+from xarray_zarrwrite._store import resolve_store
+from xarray_zarrwrite.codecs.cf import check_packed_values, needs_range_check, storable_range
 from xarray_zarrwrite.errors import PackingError
 from xarray_zarrwrite.testing.snapshot import snapshot
 
@@ -178,3 +184,181 @@ def test_missing_value_without_fill_value(tmp_path, zarr_format):
     back = xr.open_zarr(path).load()
     np.testing.assert_array_equal(back.v.values[:5], ds.v.values)
     assert np.isnan(back.v.values[5])
+
+
+# --- sources with their own packing (CDS/ERA5 int16, per-file scale_factor/add_offset) -----
+
+
+def _open(path: str, how: str) -> xr.Dataset:
+    """A source as the write path gets it: NumPy, or lazily through dask."""
+    ds = xr.open_dataset(path, chunks={"time": -1} if how == "dask" else None)
+    return ds if how == "dask" else ds.load()
+
+
+def _write(ds: xr.Dataset, store, how: str) -> None:
+    if how == "stream":
+        with StreamWriter(store) as w:
+            w.write(ds).result()
+    elif how == "dask":
+        ds.fastzarr.write_region(store, compute=False).compute()
+    else:
+        ds.fastzarr.write_region(store)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("how", ["blocking", "dask", "stream"])
+def test_each_source_decoded_with_its_own_packing(tmp_path, zarr_format, how):
+    paths = write_sources(tmp_path)
+    store = tmp_path / "t.zarr"
+    expected = decoded(paths)
+    with xr.open_dataset(paths[0]) as first:
+        first.fastzarr.to_template(
+            store,
+            global_end=expected.time.values[-1],
+            chunks={"time": DAYS},
+            packing={"t2m": {"bits": 16, "valid_range": (190.0, 330.0)}},
+            zarr_format=zarr_format,
+        )
+    for path in paths[::-1]:
+        ds = _open(path, how)
+        _write(ds, store, how)
+        ds.close()
+    back = xr.open_zarr(store)
+    scale = back.t2m.encoding["scale_factor"]
+    assert scale == pytest.approx(140.0 / 65534)
+    assert_within(back.t2m.load(), expected.t2m, scale / 2 * (1 + 1e-9))
+
+
+@pytest.mark.parametrize("how", ["blocking", "dask", "stream"])
+def test_inherited_packing_refuses_a_wider_source(tmp_path, how):
+    paths = write_sources(tmp_path)
+    store = tmp_path / "t.zarr"
+    expected = decoded(paths)
+    with xr.open_dataset(paths[0]) as first:  # inherits the first file's packing: 250..300
+        first.fastzarr.to_template(store, global_end=expected.time.values[-1], chunks={"time": 1})
+    before = snapshot(store)
+    ds = _open(paths[1], how)
+    with pytest.raises(PackingError, match="fall outside its packing range"):
+        _write(ds, store, how)
+    ds.close()
+    assert snapshot(store) == before
+    for path in (paths[0], paths[2]):  # these fit, NaN included
+        ds = _open(path, how)
+        _write(ds, store, how)
+        ds.close()
+    back = xr.open_zarr(store).t2m.load()
+    scale = back.encoding["scale_factor"]
+    for k in (0, 2):
+        part = back.isel(time=slice(DAYS * k, DAYS * (k + 1)))
+        assert_within(part, expected.t2m.isel(time=slice(DAYS * k, DAYS * (k + 1))), scale / 2)
+    assert np.isnan(back.isel(time=slice(DAYS, 2 * DAYS)).values).all()  # never written
+
+
+@pytest.mark.parametrize("how", ["blocking", "dask"])
+def test_clip_stores_a_wider_source_at_the_range_limits(tmp_path, how):
+    paths = write_sources(tmp_path)
+    store = tmp_path / "t.zarr"
+    expected = decoded(paths)
+    with xr.open_dataset(paths[0]) as first:
+        first.fastzarr.to_template(store, global_end=expected.time.values[-1], chunks={"time": 1})
+    ds = _open(paths[1], how)
+    res = ds.fastzarr.write_region(store, on_out_of_range="clip", compute=how != "dask")
+    if how == "dask":
+        res.compute()
+    ds.close()
+    back = xr.open_zarr(store).t2m.isel(time=slice(DAYS, 2 * DAYS)).load()
+    want = expected.t2m.isel(time=slice(DAYS, 2 * DAYS))
+    lo, hi = storable_range(back.encoding)  # the inherited packing's limits
+    assert 249.99 < lo < 250.0 and 300.0 < hi < 300.01
+    assert_within(back, want.clip(lo, hi), back.encoding["scale_factor"] / 2 * (1 + 1e-9))
+
+
+# --- dask writes are all-or-nothing: every block is checked before any is stored ----------
+
+
+def _dask_template(path, n: int = 24) -> xr.Dataset:
+    ds = dataset(np.arange(n) * 1.0)
+    ds["w"] = ds.v * 2  # stored as floats: nothing to check
+    ds.fastzarr.to_template(
+        path, chunks={"time": 2}, encoding={"v": {"dtype": "int16", "scale_factor": 0.01}}
+    )
+    return ds
+
+
+def _store_checked(path, values: np.ndarray, on_out_of_range="raise") -> None:
+    """What the dask write path does, with the range pre-pass: RegionTarget per block."""
+    import dask.array as da
+
+    store = resolve_store(str(path))
+    info, root = load_template_with_root(store)
+    data = da.from_array(values, chunks=2)
+    sources = range_checked([data], ["v"], info, on_out_of_range)
+    target = RegionTarget(store, "v", root, (values.size,), np.dtype("i2"), on_out_of_range)
+    da.store(sources, [target], regions=[(slice(0, values.size),)], lock=False)
+
+
+@pytest.mark.parametrize("pos", [0, 11, 23])
+@pytest.mark.parametrize("bad", [1e6, np.inf])
+def test_range_checked_dask_store_writes_nothing_on_a_bad_block(tmp_path, pos, bad):
+    path = tmp_path / "t.zarr"
+    ds = _dask_template(path)
+    values = ds.v.values.copy()
+    values[pos] = bad
+    before = snapshot(path)
+    for mode in ("raise", "clip"):
+        if mode == "clip" and np.isfinite(bad):
+            continue  # clipped: stored, see below
+        with pytest.raises(PackingError):
+            _store_checked(path, values, mode)
+        assert snapshot(path) == before
+    _store_checked(path, ds.v.values)
+    back = xr.open_zarr(path).v.values
+    np.testing.assert_allclose(back, ds.v.values, atol=0.005)
+    assert back[-1] == pytest.approx(23.0)
+
+
+def test_range_checked_clips_and_leaves_unchecked_data_alone(tmp_path):
+    import dask.array as da
+
+    path = tmp_path / "t.zarr"
+    ds = _dask_template(path)
+    values = ds.v.values.copy()
+    values[-1] = 1e6
+    _store_checked(path, values, "clip")
+    back = xr.open_zarr(path).v.values
+    assert back[-1] == pytest.approx(327.67) and back[0] == 0.0
+    info = load_template(resolve_store(str(path)))
+    floats = da.from_array(np.arange(24.0), chunks=2)
+    assert range_checked([floats], ["w"], info)[0] is floats  # nothing to check
+
+
+@pytest.mark.parametrize("compute", [True, False])
+def test_dask_write_region_is_all_or_nothing(tmp_path, compute):
+    path = tmp_path / "t.zarr"
+    ds = _dask_template(path)
+    values = ds.v.values.copy()
+    values[-1] = 1e6  # the last block only
+    bad = ds.copy()
+    bad["v"] = bad.v.copy(data=values).chunk({"time": 2})
+    before = snapshot(path)
+    # in block order (deterministic): without the pre-pass the first blocks would be stored
+    with dask.config.set(scheduler="synchronous"), pytest.raises(PackingError):
+        res = bad.fastzarr.write_region(path, compute=compute)
+        if not compute:
+            res.compute()
+    assert snapshot(path) == before
+
+
+def test_valid_range_allows_half_a_quantum_of_rounding_only_when_packed():
+    enc = {"dtype": "int16", "scale_factor": 0.01, "add_offset": 0.0, "_FillValue": -32768}
+    enc = {**enc, "valid_min": -100.0, "valid_max": 100.0}
+    ok = np.array([-100.004, 100.004, 100.0])  # a source's own decoding may land here
+    np.testing.assert_array_equal(check_packed_values(ok, enc), ok)
+    assert np.allclose(
+        roundtrip(ok, {k: enc[k] for k in enc if "valid" not in k}), [-100, 100, 100]
+    )
+    with pytest.raises(PackingError, match="1 value"):
+        check_packed_values(np.array([0.0, 100.006]), enc)
+    exact = {"dtype": "float32", "valid_min": 0.0, "valid_max": 1.0}
+    with pytest.raises(PackingError):
+        check_packed_values(np.array([1.0 + 1e-9]), exact)

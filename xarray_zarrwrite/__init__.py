@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.fastzarr)
 from . import errors as errors
+from ._append import append as append
 from ._check import CheckReport as CheckReport
 from ._check import VariableCompleteness as VariableCompleteness
 from ._check import check as check
+from ._extend import extend as extend
 from ._stream import StreamWriter as StreamWriter
 from ._stream import UnclosedWriterWarning as UnclosedWriterWarning
 from ._stream import WriteFuture as WriteFuture
@@ -34,6 +36,7 @@ __all__ = [
     "CheckReport",
     "ConvertReport",
     "VariableCompleteness",
+    "append",
     "check",
     "convert",
     "RegionWriteResult",
@@ -42,6 +45,7 @@ __all__ = [
     "WriteFuture",
     "config",
     "errors",
+    "extend",
     "open_template",
     "plan",
     "to_template",

@@ -17,18 +17,21 @@ import asyncio
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 import zarr
 from zarr.storage import LocalStore
 
 from ._compat import sync
 from ._grid import ChunkGrid
+from ._icechunk import readable_store
 from ._open import load_template
 from ._store import resolve_store
+from .errors import VariableNotInTemplateError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -110,12 +113,16 @@ class CheckReport:
         The dimension missing data is reported along, when variables have it.
     stray
         Temporary files of interrupted writes (``*.partial``), which are never read as data.
+    indexes
+        ``{dimension: pandas.Index}`` of the archive's coordinates, which label the cells of
+        :meth:`to_dataarray`.
     """
 
     store: str
     variables: Mapping[str, VariableCompleteness]
     time_dim: str | None
     stray: tuple[str, ...] = ()
+    indexes: Mapping[str, pd.Index] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def complete(self) -> bool:
@@ -160,6 +167,64 @@ class CheckReport:
             )
         return "\n".join(lines)
 
+    def to_dataarray(self) -> xr.DataArray:
+        """The completeness map: one cell per write unit, 0 missing, 1 partial, 2 written.
+
+        Returns
+        -------
+        xarray.DataArray
+            ``int8`` values with dims ``("variable", <time dim>, <other chunked dims>...)``:
+            the time dimension when a variable has it, then every dimension cut into more than
+            one write unit. Each cell is labelled with the first coordinate label of its unit
+            (``<dim>_last`` holds the last label and ``<dim>_index`` the first position).
+            Attributes ``flag_values`` (0, 1, 2) and ``flag_meanings``
+            (``"missing partial written"``) follow the CF conventions. Where variables are
+            chunked differently along a dimension, the cells are the intervals between all
+            their unit boundaries; a variable without a dimension repeats along it.
+
+        Examples
+        --------
+        >>> cells = check("era5.zarr").to_dataarray()  # doctest: +SKIP
+        >>> (cells == 2).mean("time")  # doctest: +SKIP
+        """
+        from ._checkmap import to_dataarray
+
+        return to_dataarray(self)
+
+    def plot(self, ax: Any = None, title: str | None = None) -> Any:
+        """Draw the completeness map with matplotlib (the ``plot`` extra).
+
+        Rows are variables (one row per variable and label of each other chunked dimension,
+        e.g. ensemble member), columns are the write units along the time dimension; red is
+        missing, amber partial, green written.
+
+        Parameters
+        ----------
+        ax
+            A matplotlib ``Axes`` to draw on; default: a new figure sized to the rows.
+        title
+            Title; default: the store and the count of written cells.
+
+        Returns
+        -------
+        matplotlib.axes.Axes
+            The axes drawn on (``ax.figure.savefig("map.png")`` saves it).
+
+        Raises
+        ------
+        MissingDependencyError
+            matplotlib is not installed.
+        """
+        from ._checkmap import plot
+
+        return plot(self, ax=ax, title=title)
+
+    def _repr_html_(self) -> str:
+        """A table per variable for Jupyter notebooks."""
+        from ._checkmap import to_html
+
+        return to_html(self)
+
 
 #: Root attribute of an archive that lists its partial write units and the labels they lack
 #: (written by :func:`~xarray_zarrwrite.convert`): ``{variable: {chunk key: [labels]}}``.
@@ -187,6 +252,7 @@ def check(
     time_dim: str | None = "time",
     variables: Iterable[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    branch: str | None = None,
 ) -> CheckReport:
     """Report which chunks of which variables of the archive in ``store`` are unwritten.
 
@@ -197,7 +263,8 @@ def check(
     ----------
     store
         Path, fsspec URL or zarr Store of an archive made by :func:`to_template` or
-        :func:`convert`.
+        :func:`convert`; or an Icechunk ``Session`` (what it holds, committed or not) or
+        ``Repository`` (the tip of ``branch``).
     time_dim
         Dimension to express missing data along (variables without it use their first
         dimension).
@@ -205,6 +272,8 @@ def check(
         Variables to check; default: every data variable.
     storage_options
         fsspec options for URLs.
+    branch
+        With an Icechunk ``Repository``: the branch to check (default ``"main"``).
 
     Returns
     -------
@@ -214,8 +283,8 @@ def check(
     ------
     TemplateNotFoundError
         No archive at ``store``.
-    KeyError
-        ``variables`` names an array that is not in the archive.
+    VariableNotInTemplateError
+        ``variables`` names an array that is not in the archive (also a ``KeyError``).
 
     Examples
     --------
@@ -223,7 +292,7 @@ def check(
     >>> status.complete, status.missing  # doctest: +SKIP
     (False, {'t2m': [('2000-03-01', '2000-04-09')]})
     """
-    target = resolve_store(store, storage_options=storage_options)
+    target = resolve_store(readable_store(store, branch), storage_options=storage_options)
     info = load_template(target)
     if variables is None:
         names = [n for n, a in info.arrays.items() if not a.is_coord]
@@ -231,8 +300,9 @@ def check(
         names = list(variables)
         unknown = [n for n in names if n not in info.arrays]
         if unknown:
-            raise KeyError(
-                f"{unknown} are not arrays of the archive (arrays: {sorted(info.arrays)})"
+            raise VariableNotInTemplateError(
+                f"{unknown} are not arrays of the archive (arrays: {sorted(info.arrays)}); "
+                "leave variables out to check every data variable"
             )
     found, stray = existing_chunks(target, info, names)
     record = read_record(target)
@@ -243,7 +313,28 @@ def check(
         partial[n] = {k for k in keys if k is not None}
         found[n] -= partial[n]  # a partial unit exists but is not written in full
     out = {n: _completeness(info, n, found[n], time_dim, partial[n]) for n in names}
-    return CheckReport(store=str(target), variables=out, time_dim=time_dim, stray=tuple(stray))
+    return CheckReport(
+        store=store_url(store, target),
+        variables=out,
+        time_dim=time_dim,
+        stray=tuple(stray),
+        indexes=dict(info.indexes),
+    )
+
+
+def store_url(given: Any, store: Store) -> str:
+    """``given`` as people typed it (a path or URL), else the store's own URL or path."""
+    if isinstance(given, str | os.PathLike):
+        return str(os.fspath(given))
+    root = getattr(store, "root", None)
+    if root is not None:
+        return str(os.fspath(root))
+    path = getattr(store, "path", None)
+    fs = getattr(store, "fs", None)
+    if isinstance(path, str) and fs is not None:
+        protocol = fs.protocol[0] if isinstance(fs.protocol, tuple) else fs.protocol
+        return f"{protocol}://{path}"
+    return str(store)
 
 
 # -- chunk objects ----------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Final, Literal
 
 from .errors import ChunkSpecError
 
-__all__ = ["ACCESS_PATTERNS", "AccessPattern", "plan_chunks"]
+__all__ = ["ACCESS_PATTERNS", "AccessPattern", "plan_chunks", "plan_shards"]
 
 AccessPattern = Literal["temporal", "spatial", "balanced"]
 ACCESS_PATTERNS: Final = ("temporal", "spatial", "balanced")
@@ -139,3 +139,65 @@ def _balanced(sizes: dict[str, int], budget: int) -> dict[str, int]:
         else:
             lo = mid + 1
     return chunk_for(lo)
+
+
+def plan_shards(
+    sizes: Mapping[str, int],
+    chunks: Mapping[str, int],
+    shards: Mapping[str, int | None] | str | None,
+    *,
+    itemsize: int,
+    time_dim: str | None,
+    access_pattern: str = "balanced",
+    target_bytes: int,
+) -> dict[str, int] | None:
+    """Return ``{dim: shard_size}`` (each a multiple of the chunk size), or None (unsharded).
+
+    ``shards="auto"`` groups chunks into shards of about ``target_bytes`` uncompressed, the
+    chunks of a shard laid out by ``access_pattern`` exactly as :func:`plan_chunks` lays out
+    elements in a chunk. A mapping fixes some dimensions (``-1``/None: the whole dimension,
+    rounded up to whole chunks); a dimension left out gets shards one chunk wide.
+
+    Raises
+    ------
+    ChunkSpecError
+        Unknown dimension, a size that is not a positive multiple of the chunk size, or a bad
+        ``shards`` type.
+    """
+    if shards is None:
+        return None
+    nchunks = {d: max(1, math.ceil(max(n, 1) / chunks[d])) for d, n in sizes.items()}
+    if isinstance(shards, str) and shards == "auto":
+        chunk_bytes = math.prod(chunks.values()) * max(itemsize, 1)
+        per_shard = plan_chunks(
+            nchunks,
+            None,
+            itemsize=1,
+            time_dim=time_dim,
+            access_pattern=access_pattern,
+            target_bytes=max(1, int(target_bytes // chunk_bytes)),
+        )
+        return {d: per_shard[d] * chunks[d] for d in sizes}
+    if not isinstance(shards, Mapping):
+        raise ChunkSpecError(
+            f"shards must be None, 'auto' or a mapping of dimension to size, got {shards!r}"
+        )
+    out = dict(chunks)
+    for dim, size in shards.items():
+        if dim not in sizes:
+            raise ChunkSpecError(
+                f"shards names dimension {dim!r}, which is not a dimension of the data "
+                f"(dimensions: {list(sizes)})"
+            )
+        whole = size is None or (type(size) is int and size == -1)
+        if whole:
+            out[dim] = nchunks[dim] * chunks[dim]
+        elif type(size) is int and size > 0 and size % chunks[dim] == 0:
+            out[dim] = min(size, nchunks[dim] * chunks[dim])
+        else:
+            raise ChunkSpecError(
+                f"shard size for dimension {dim!r} must be a positive multiple of its chunk "
+                f"size {chunks[dim]} (or -1/None for the whole dimension), got {size!r}; "
+                "choose chunks= that divide the shards"
+            )
+    return out

@@ -29,6 +29,8 @@ What each item stands in for:
 ``encode_zarr_attr_value``     no public "encode as to_zarr would"; templates and region writes
 ``FillValueCoder``             must encode exactly like it so plain ``xr.open_zarr`` reads them.
 ``encode_dataset_coordinates`` the CF ``coordinates`` attribute half of ``Dataset.to_zarr``.
+``memory_store_at``            a MemoryStore rooted at a group of another (``group=``): uses
+                               ``MemoryStore._store_dict`` (private; same in 3.1-3.4).
 =============================  ===================================================================
 """
 
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator, MutableMapping
 from typing import Any, Final, Literal, Self, TypeVar, cast
 
 import xarray as xr
@@ -54,7 +56,7 @@ from zarr.core.common import JSON, parse_named_configuration
 from zarr.core.dtype.wrapper import TBaseDType, TBaseScalar, ZDType
 from zarr.core.metadata import ArrayMetadata
 from zarr.registry import register_codec
-from zarr.storage import StorePath
+from zarr.storage import MemoryStore, StorePath
 from zarr.storage import WrapperStore as _ZarrWrapperStore
 
 __all__ = [
@@ -80,6 +82,7 @@ __all__ = [
     "default_buffer_prototype",
     "encode_chunks",
     "regular_chunk_shape",
+    "memory_store_at",
     "encode_dataset_coordinates",
     "encode_zarr_attr_value",
     "encode_zarr_variable",
@@ -247,3 +250,32 @@ def encode_zarr_variable(var: xr.Variable, name: str, zarr_format: Literal[2, 3]
     else:
         out = _encode_zarr_variable(var, needs_copy=False, name=name)
     return out
+
+
+class _Prefixed(MutableMapping[str, Any]):
+    """The keys of ``data`` under ``prefix/``, without the prefix (a live view)."""
+
+    def __init__(self, data: MutableMapping[str, Any], prefix: str) -> None:
+        self._data, self._prefix = data, prefix + "/"
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[self._prefix + key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._data[self._prefix + key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._data[self._prefix + key]
+
+    def __iter__(self) -> Iterator[str]:
+        n = len(self._prefix)
+        return iter([k[n:] for k in list(self._data) if k.startswith(self._prefix)])
+
+    def __len__(self) -> int:
+        return sum(1 for k in list(self._data) if k.startswith(self._prefix))
+
+
+def memory_store_at(store: MemoryStore, path: str) -> MemoryStore:
+    """A MemoryStore whose keys are those of ``store`` under ``path/`` (shared, live)."""
+    data = store._store_dict
+    return MemoryStore(_Prefixed(data, path), read_only=store.read_only)

@@ -15,23 +15,28 @@ written with the old layout: the block raises :class:`~xarray_zarrwrite.errors.T
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from ._compat import async_array, sync
+from ._encoding import check_time_representable
 from ._open import StaleTemplateError, template_for_root, verifier
 from ._staging import to_host
 from ._write import EncodedWrite, encode_for_template, write_encoded
+from .codecs.cf import check_packed_values, needs_range_check, template_encoding
 from .errors import TemplateChangedError
 
 if TYPE_CHECKING:
+    import dask.array as da
     from zarr.abc.store import Store
 
+    from ._open import TemplateInfo
     from .codecs.cf import OnOutOfRange
 
-__all__ = ["RegionTarget"]
+__all__ = ["RegionTarget", "range_checked"]
 
 
 class RegionTarget:
@@ -98,3 +103,55 @@ def _selection(key: Any, shape: tuple[int, ...]) -> tuple[slice, ...]:
 
 def _fmt(block: tuple[slice, ...]) -> str:
     return "[" + ", ".join(f"{s.start}:{s.stop}" for s in block) + "]"
+
+
+def range_checked(
+    sources: Sequence[da.Array],
+    names: Sequence[str],
+    info: TemplateInfo,
+    on_out_of_range: OnOutOfRange = "raise",
+) -> list[da.Array]:
+    """``sources`` (the dask data of ``names``) made to store nothing until every block of
+    every checked variable has passed the template's range and time checks.
+
+    Variables stored as integers or packed (and times with pinned units) get a reduction
+    over all their blocks (:func:`~xarray_zarrwrite.codecs.cf.check_packed_values`,
+    :func:`~xarray_zarrwrite._encoding.check_time_representable`); the sources' graphs are
+    cloned to depend on it, so a block that does not fit raises before any block is stored
+    and the store is left unchanged. Memory stays bounded: the check reads the blocks once
+    and drops them, the store reads them again. Sources needing no check are returned as
+    they are.
+    """
+    import dask.array as da
+    from dask.graph_manipulation import bind
+
+    gates = []
+    for data, name in zip(sources, names, strict=True):
+        target = info.arrays[name]
+        if data.dtype.kind in "mM":
+            enc = {**target.encoding, "dtype": target.stored_dtype}
+            if "units" not in enc:
+                continue
+        else:
+            enc = template_encoding(target)
+            if not needs_range_check(data.dtype, enc):
+                continue
+        ones = tuple((1,) * len(c) for c in data.chunks)
+        ok = da.map_blocks(  # type: ignore[no-untyped-call]  # dask: unannotated
+            _block_fits, data, enc, on_out_of_range, name, dtype=bool, chunks=ones
+        )
+        gates.append(ok.all())
+    if not gates:
+        return list(sources)
+    return list(bind(list(sources), gates))
+
+
+def _block_fits(
+    x: np.ndarray, enc: dict[str, Any], on_out_of_range: OnOutOfRange, name: str
+) -> np.ndarray:
+    """One block's check: raises as the write would; a single True per block otherwise."""
+    if x.dtype.kind in "mM":
+        check_time_representable(x, enc, name=name)
+    else:
+        check_packed_values(x, enc, on_out_of_range, name=name)
+    return np.ones((1,) * x.ndim, dtype=bool)

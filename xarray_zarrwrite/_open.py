@@ -2,14 +2,17 @@
 
 Every region write needs the template's arrays (shape, chunks, encoding) and its coordinate
 labels. Reading all coordinates on every call is what makes xarray's ``region="auto"`` slow;
-here they are read once per process and reused while the store's root metadata document is
-unchanged (one small read per call checks that).
+here they are read once per process and reused while the store's freshness token (the root
+metadata document plus a digest of the stored labels) is unchanged: one round of small
+concurrent reads per call checks that. Planning then reads nothing from the store.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import warnings
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +21,19 @@ import pandas as pd
 import xarray as xr
 import zarr
 from zarr import AsyncArray
+from zarr.abc.store import RangeByteRequest, SuffixByteRequest
 from zarr.storage import StorePath
 
-from ._compat import ArrayConfigParams, ArrayMetadata, default_buffer_prototype, sync, with_config
+from ._compat import (
+    ArrayConfigParams,
+    ArrayMetadata,
+    async_array,
+    default_buffer_prototype,
+    sync,
+    with_config,
+)
 from ._encoding import ZarrFormat, cf_encoding
+from ._grid import ChunkGrid
 from ._runtime import runtime
 from ._store import store_key
 from .errors import TemplateNotFoundError
@@ -49,6 +61,11 @@ class ArrayInfo:
     is_coord: bool
 
 
+#: Non-index coordinates up to this many values are read with the template, so that planning
+#: can skip rewriting one the template already holds; larger ones are always written.
+STORED_COORD_LIMIT = 1_000_000
+
+
 @dataclass(frozen=True)
 class TemplateInfo:
     """Everything a region write needs from the template, read once."""
@@ -59,9 +76,33 @@ class TemplateInfo:
     indexes: Mapping[str, pd.Index]
     sizes: Mapping[str, int]
     zarr_arrays: Mapping[str, zarr.Array[Any]] = field(repr=False)
+    #: decoded values of the non-index coordinates (up to :data:`STORED_COORD_LIMIT` values)
+    #: as the store held them when the template was read
+    stored_coords: Mapping[str, xr.Variable] = field(default_factory=dict, repr=False)
+    #: coordinates of ``stored_coords`` a plan of this process has written since (shared by
+    #: every copy bound from one cache entry): their snapshot is no longer the store's
+    rewritten: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def holds_coordinate(self, name: str, var: xr.Variable) -> bool:
+        """Whether the template's stored coordinate ``name`` equals ``var`` (decoded values,
+        NaN/NaT equal), from the snapshot read with the template: no store read.
+
+        A ``False`` answer means the caller writes ``var``: the snapshot of ``name`` is then
+        stale, so this process never again skips it on the snapshot's word (a later write of
+        the snapshot's values must still overwrite the values written in between).
+        """
+        stored = self.stored_coords.get(name)
+        same = False
+        if stored is not None and stored.shape == var.shape:
+            same = bool(stored.equals(var))  # type: ignore[no-untyped-call]
+        with runtime.lock:
+            if same and name not in self.rewritten:
+                return True
+            self.rewritten.add(name)
+        return False
 
 
-#: The cache (``runtime.templates``) maps a store key to the root metadata document, the
+#: The cache (``runtime.templates``) maps a store key to the freshness token, the
 #: template with no arrays and the metadata of its arrays (it holds no store; :func:`_bind`
 #: binds the arrays to the caller's).
 _WRITE_CONFIG: ArrayConfigParams = {"write_empty_chunks": True}
@@ -73,14 +114,79 @@ async def _root_document_async(store: Store) -> bytes:
     for key in _ROOT_KEYS:
         buf = await store.get(key, prototype=proto)
         if buf is not None:
-            return key.encode() + b"\0" + buf.to_bytes()
+            token = key.encode() + b"\0" + buf.to_bytes()
+            if key == ".zgroup":  # v2 unconsolidated: root attributes live in .zattrs
+                attrs = await store.get(".zattrs", prototype=proto)
+                token += b"\0" + (attrs.to_bytes() if attrs is not None else b"")
+            return token
     raise TemplateNotFoundError(
         f"no Zarr template at {store}; create one first with ds.fastzarr.to_template(store)"
     )
 
 
-def _root_document(store: Store) -> bytes:
-    return sync(_root_document_async(store))
+#: The freshness token is the root document, then this marker, the keys of the stored objects
+#: holding the template's labels (newline-separated) and a digest of their bytes: a template
+#: replaced by one with identical metadata but other labels (pinned units, same length, other
+#: start) changes the token too. The digest takes the first ``_LABEL_HEAD`` and the last
+#: ``_LABEL_TAIL`` bytes of the first and last stored object of every index coordinate: every
+#: byte of a small coordinate, and the start, step and end of a large one, in a few small
+#: reads made concurrently with the root document's (one round trip per check).
+_LABELS = b"\0labels\0"
+_LABEL_HEAD = 1 << 16
+_LABEL_TAIL = 1 << 12
+
+
+async def _token_async(store: Store, label_keys: Sequence[str]) -> bytes:
+    """The freshness token of ``store``, with the labels held under ``label_keys``."""
+    reads = [_head_and_tail(store, k) for k in label_keys]
+    root, parts = await asyncio.gather(_root_document_async(store), asyncio.gather(*reads))
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(
+            b"-" if part is None else b"".join(len(p).to_bytes(8, "little") + p for p in part)
+        )
+    return root + _LABELS + "\n".join(label_keys).encode() + b"\0" + digest.digest()
+
+
+async def _head_and_tail(store: Store, key: str) -> tuple[bytes, bytes] | None:
+    """The first ``_LABEL_HEAD`` and last ``_LABEL_TAIL`` bytes of object ``key`` (``None``
+    if there is none): two range reads, or one whole read where the store refuses a range
+    past the object's end (icechunk). Both give the same bytes."""
+    proto = default_buffer_prototype()
+    ranges = (RangeByteRequest(0, _LABEL_HEAD), SuffixByteRequest(_LABEL_TAIL))
+    got = await asyncio.gather(
+        *(store.get(key, prototype=proto, byte_range=r) for r in ranges), return_exceptions=True
+    )
+    if not any(isinstance(g, BaseException) for g in got):
+        head, tail = got
+        if head is None or tail is None:
+            return None
+        return head.to_bytes(), tail.to_bytes()  # type: ignore[union-attr]
+    whole = await store.get(key, prototype=proto)
+    if whole is None:
+        return None
+    data = whole.to_bytes()
+    return data[:_LABEL_HEAD], data[-_LABEL_TAIL:]
+
+
+def _label_keys_of(token: bytes) -> tuple[str, ...]:
+    """The label keys recorded in a freshness token."""
+    _, sep, tail = token.rpartition(_LABELS)
+    keys = tail[: -hashlib.sha256().digest_size - 1].decode() if sep else ""
+    return tuple(keys.split("\n")) if keys else ()
+
+
+def _label_keys(info: TemplateInfo) -> tuple[str, ...]:
+    """Keys of the first and last stored object of every index coordinate of ``info``."""
+    keys: list[str] = []
+    for name in sorted(info.indexes):
+        arr = info.zarr_arrays.get(name)
+        if arr is None:
+            continue
+        grid = ChunkGrid.from_array(arr)
+        ends = {(0,) * grid.ndim, tuple(n - 1 for n in grid.grid_shape)}
+        keys += [grid.path(async_array(arr), c).path for c in sorted(ends)]
+    return tuple(keys)
 
 
 def load_template(store: Store) -> TemplateInfo:
@@ -95,25 +201,32 @@ def load_template(store: Store) -> TemplateInfo:
 
 
 def load_template_with_root(store: Store) -> tuple[TemplateInfo, bytes]:
-    """:func:`load_template`, plus the root document the template was read under.
+    """:func:`load_template`, plus the freshness token the template was read under.
 
-    The root document is the template's freshness token: a writer that planned with this
-    template checks, before its first put, that the store's root document is still this one.
+    The token is the root document plus a digest of the stored labels (see ``_LABELS``): a
+    writer that planned with this template checks, before its first put, that the store's
+    token is still this one.
     """
     key = store_key(store)
-    root = _root_document(store)
     with runtime.lock:
         hit = runtime.templates.get(key)
-    if hit is not None and hit[0] == root:
-        return _bind(hit[1], hit[2], store), root
+    keys = _label_keys_of(hit[0]) if hit is not None else ()
+    # read before the template: a replacement while it is read shows as a stale token later
+    token = sync(_token_async(store, keys))
+    if hit is not None and hit[0] == token:
+        return _bind(hit[1], hit[2], store), token
     info = _read_template(store, key)
+    if _label_keys(info) != keys:  # first read, or other metadata: the labels as of now
+        # (the root document stays the one read before the template, as above)
+        labels = sync(_token_async(store, _label_keys(info))).rpartition(_LABELS)
+        token = token.rpartition(_LABELS)[0] + labels[1] + labels[2]
     with runtime.lock:
-        runtime.templates[key] = (root, *_unbind(info))
-    return info, root
+        runtime.templates[key] = (token, *_unbind(info))
+    return info, token
 
 
 def template_for_root(store: Store, root: bytes) -> TemplateInfo:
-    """The template of ``store`` as it was under the root document ``root``.
+    """The template of ``store`` as it was under the freshness token ``root``.
 
     A worker of a long-lived cluster may hold a cache entry from an older template: the entry
     is used only if it was read under ``root``, else the template is read again, and if the
@@ -136,11 +249,12 @@ def template_for_root(store: Store, root: bytes) -> TemplateInfo:
 
 
 def verifier(store: Store, root: bytes) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A coroutine function that raises :class:`StaleTemplateError` unless the store's root
-    document is still ``root`` (the freshness gate run before the first put)."""
+    """A coroutine function that raises :class:`StaleTemplateError` unless the store's
+    freshness token is still ``root`` (the freshness gate run before the first put)."""
+    keys = _label_keys_of(root)
 
     async def verify() -> None:
-        if await _root_document_async(store) != root:
+        if await _token_async(store, keys) != root:
             raise StaleTemplateError(store_key(store))
 
     return verify
@@ -201,10 +315,17 @@ def _bind(info: TemplateInfo, metas: Mapping[str, ArrayMetadata], store: Store) 
 def _read_template(store: Store, key: str) -> TemplateInfo:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        # templates written with consolidated=False: reading them without is expected
+        warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated")
         ds = xr.open_zarr(store, consolidated=None, chunks=None)
-        group = zarr.open_group(store, mode="r+", use_consolidated=None)
+        # a read-only store (check() on a read-only Icechunk session) is opened read-only
+        if store.read_only:
+            group = zarr.open_group(store, mode="r", use_consolidated=None)
+        else:
+            group = zarr.open_group(store, mode="r+", use_consolidated=None)
     arrays: dict[str, ArrayInfo] = {}
     zarrs: dict[str, zarr.Array[Any]] = {}
+    stored: dict[str, xr.Variable] = {}
     for name, var in ds.variables.items():
         name = str(name)
         z = group[name]
@@ -224,6 +345,8 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
             attrs=dict(var.attrs),
             is_coord=name in ds.coords,
         )
+        if name in ds.coords and name not in ds.indexes and var.size <= STORED_COORD_LIMIT:
+            stored[name] = var.load()
     return TemplateInfo(
         key=key,
         zarr_format=group.metadata.zarr_format,
@@ -231,4 +354,5 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
         indexes={str(d): ds.indexes[d] for d in ds.indexes},
         sizes={str(d): int(n) for d, n in ds.sizes.items()},
         zarr_arrays=zarrs,
+        stored_coords=stored,
     )

@@ -12,15 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import xarray as xr
 
 from ._grid import ChunkGrid
 from ._store import check_node_name
+from ._validate import check_dims, check_dtype, contiguous_run, is_cftime, label_positions
+from ._validate import same_calendar as _same_calendar
 from .codecs.partial import requantises_on_partial_write
 from .errors import (
     DimensionMismatchError,
-    DtypeCastError,
     RegionAlignmentError,
     RegionError,
     RegionLabelError,
@@ -135,7 +135,7 @@ def plan_region(
         # unless the template already holds exactly these values (the coordinates of a
         # dimension the template extended, e.g. valid_time(time, step), start empty).
         full = target is not None and target.is_coord and not set(map(str, var.dims)) & partial
-        if full and target is not None and _template_holds(var, target, info):
+        if full and target is not None and info.holds_coordinate(name, var):
             skipped.append(name)
             continue
         if target is None:
@@ -153,58 +153,29 @@ def plan_region(
     return RegionPlan(region=slices, writes=tuple(writes), skipped=tuple(skipped))
 
 
-def _template_holds(var: xr.Variable, target: ArrayInfo, info: TemplateInfo) -> bool:
-    """Whether the template's stored coordinate equals ``var`` already (decoded, NaN/NaT
-    equal): then a region covering it in full need not write it again."""
-    arr = info.zarr_arrays.get(target.name)
-    if arr is None or var.size > 1_000_000:  # large coordinates: just write them
-        return False
-    try:
-        stored = xr.decode_cf(
-            xr.Dataset({target.name: xr.Variable(target.dims, arr[...], _cf_attrs(target))})
-        )[target.name].variable
-    except Exception:  # noqa: BLE001 - undecodable: write ours rather than guess
-        return False
-    return bool(stored.shape == var.shape and stored.equals(var))  # type: ignore[no-untyped-call]
-
-
-def _cf_attrs(target: ArrayInfo) -> dict[str, Any]:
-    return {k: v for k, v in target.encoding.items() if k != "dtype"}
-
-
 def _check_time_encoding(ds: xr.Dataset, info: TemplateInfo) -> None:
     for name, var in ds.variables.items():
         target = info.arrays.get(str(name))
         if target is None:
             continue
         theirs, ours = target.encoding.get("calendar"), var.encoding.get("calendar")
-        if theirs is not None and ours is not None and _calendar(theirs) != _calendar(ours):
+        if not _same_calendar(theirs, ours, numpy_dates=target.dtype.kind == "M"):
             raise TimeEncodingError(
                 f"variable {name!r} uses calendar {ours!r} but the template pins {theirs!r}; "
                 "convert the data (ds.convert_calendar) before writing"
             )
         want_dt = target.dtype.kind == "M"
-        is_cftime = var.dtype == object and _is_cftime(var)
-        if want_dt and is_cftime:
+        cftime_dates = is_cftime(var)
+        if want_dt and cftime_dates:
             raise TimeEncodingError(
                 f"variable {name!r} holds cftime dates but the template stores numpy datetimes "
                 f"(calendar {theirs!r}); convert with ds.convert_calendar('standard')"
             )
-        if (var.dtype.kind == "M") != want_dt and not (is_cftime or target.dtype == object):
+        if (var.dtype.kind == "M") != want_dt and not (cftime_dates or target.dtype == object):
             raise TimeEncodingError(
                 f"variable {name!r} has dtype {var.dtype} but the template stores "
                 f"{target.dtype}; time variables must be written as times"
             )
-
-
-def _calendar(name: str) -> str:
-    name = str(name).lower()
-    return "proleptic_gregorian" if name in {"standard", "gregorian"} else name
-
-
-def _is_cftime(var: xr.Variable) -> bool:
-    sample = var.values.flat[0] if var.size else None
-    return type(sample).__module__.startswith("cftime")
 
 
 def _resolve_region(
@@ -273,7 +244,7 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
         )
     labels, axis = ds.indexes[dim], info.indexes[dim]
     if not labels.hasnans and labels.is_unique:
-        fast = _contiguous_run(axis, labels)
+        fast = contiguous_run(axis, labels)
         if fast is not None:
             return fast
     pos = label_positions(axis, labels, dim)
@@ -294,71 +265,6 @@ def _auto_slice(ds: xr.Dataset, info: TemplateInfo, dim: str) -> slice:
     return slice(int(pos[0]), int(pos[0]) + n)
 
 
-def label_positions(
-    axis: pd.Index,
-    labels: pd.Index,
-    dim: str,
-    *,
-    prefix: str = "",
-    where: str = "the template's axis",
-) -> np.ndarray:
-    """Positions of ``labels`` on ``axis``; every label must be valid, unique and on the axis.
-
-    Raises
-    ------
-    RegionLabelError
-        Naming the first missing (NaN/NaT), duplicated or off-axis label, with the nearest
-        labels of the axis; ``prefix`` (e.g. the source file) starts the message.
-    """
-    if labels.hasnans:
-        raise RegionLabelError(f"{prefix}coordinate {dim!r} holds missing labels (NaN/NaT)")
-    if not labels.is_unique:
-        dup = labels[labels.duplicated()][0]
-        raise RegionLabelError(
-            f"{prefix}label {dup!r} appears more than once in coordinate {dim!r}"
-        )
-    try:
-        pos: np.ndarray = axis.get_indexer(labels)
-    except (TypeError, ValueError) as e:
-        raise RegionLabelError(
-            f"{prefix}labels of {dim!r} ({labels.dtype}) cannot be compared with those of "
-            f"{where} ({axis.dtype}): {e}"
-        ) from e
-    missing = np.flatnonzero(pos < 0)
-    if missing.size:
-        bad = labels[int(missing[0])]
-        raise RegionLabelError(
-            f"{prefix}label {bad!r} of coordinate {dim!r} is not on {where}"
-            f"{_nearest(axis, bad)}; every label must be one of its labels "
-            f"({axis[0]!r} .. {axis[-1]!r}, {len(axis)} labels; {missing.size} of the "
-            f"{len(labels)} given are not)"
-        )
-    return pos
-
-
-def _contiguous_run(axis: pd.Index, labels: pd.Index) -> slice | None:
-    """The common case in O(n): the labels equal a run of the template's (unique) axis."""
-    try:
-        start = axis.get_loc(labels[0])
-        if not isinstance(start, int | np.integer):
-            return None
-        run = np.asarray(axis[start : start + len(labels)])
-        if len(run) == len(labels) and bool((run == np.asarray(labels)).all()):
-            return slice(int(start), int(start) + len(labels))
-    except (KeyError, TypeError, ValueError):
-        pass
-    return None
-
-
-def _nearest(axis: pd.Index, label: Any) -> str:
-    try:
-        i = int(axis.searchsorted(label))
-    except (TypeError, ValueError):
-        return ""
-    near = [repr(axis[j]) for j in (i - 1, i) if 0 <= j < len(axis)]
-    return f" (nearest template labels: {', '.join(near)})" if near else ""
-
-
 def template_grid(info: TemplateInfo, name: str) -> ChunkGrid:
     """The grid of template array ``name``: from its zarr array (shards included) if bound."""
     arr = info.zarr_arrays.get(name)
@@ -377,17 +283,10 @@ def _plan_variable(
     safe_chunks: bool,
 ) -> VariableWrite:
     dims = tuple(map(str, var.dims))
-    if set(dims) != set(target.dims) or len(dims) != len(target.dims):
-        missing = sorted(set(target.dims) - set(dims))
-        extra = sorted(set(dims) - set(target.dims))
-        raise DimensionMismatchError(
-            f"variable {name!r} has dimensions {dims} but the template has {target.dims}"
-            + (f"; missing {missing}" if missing else "")
-            + (f"; extra {extra}" if extra else "")
-        )
+    check_dims(name, dims, target.dims)
     if dims != target.dims:
         var = var.transpose(*target.dims)
-    _check_dtype(name, var.dtype, target)
+    check_dtype(name, var.dtype, target.dtype)
     selection = tuple(slices[d] for d in target.dims)
     if safe_chunks:
         _check_aligned(name, target.dims, selection, grid)
@@ -399,25 +298,6 @@ def _plan_variable(
                     if not grid.on_boundary(axis, offset):
                         raise _alignment_error(name, dim, axis, offset, grid, dask=True)
     return VariableWrite(name, var, selection, grid)
-
-
-def _check_dtype(name: str, dtype: np.dtype[Any], target: ArrayInfo) -> None:
-    want = target.dtype
-    ok = (
-        np.can_cast(dtype, want, casting="safe")
-        or (dtype.kind == "f" and want.kind == "f")  # narrowing floats is a documented choice
-        or (dtype.kind == "M" and want.kind == "M")
-        or (dtype.kind == "m" and want.kind == "m")
-        or (want == object and dtype == object)
-    )
-    if dtype.kind in "OSUTV" and dtype != want:
-        ok = False
-    if not ok:
-        raise DtypeCastError(
-            f"variable {name!r} has dtype {dtype} which cannot be cast safely to the template's "
-            f"{want}; convert it first (e.g. ds[{name!r}].astype({str(want)!r})) if that is "
-            "intended"
-        )
 
 
 def _check_whole_units_for_lossy(

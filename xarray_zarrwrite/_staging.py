@@ -7,6 +7,9 @@ whose :meth:`Staged.wait` blocks until the copy is complete and returns a host N
 - NumPy: a copy into a buffer from a reusable host pool (no allocation per step once warm),
   made on a background copy thread (NumPy releases the GIL while copying), so the caller's
   thread never pays for it; the caller must not modify its arrays before ``copied``.
+- Any other framework (PyTorch, JAX, anything with ``__dlpack__`` or
+  ``__cuda_array_interface__``): :func:`as_array` turns CPU data into a zero-copy NumPy view
+  (DLPack) and device data into a zero-copy CuPy view, which then takes the CuPy path.
 - CuPy: the device-to-host copy is issued on a side CUDA stream, ordered after the producer's
   current stream by an event, into pinned host memory from a reusable pool. The caller's thread
   only records the event and enqueues the copy: no synchronous pageable copy, no stall.
@@ -24,7 +27,7 @@ import numpy as np
 
 from ._runtime import runtime
 
-__all__ = ["HostPool", "Staged", "is_device_array", "stage", "to_host"]
+__all__ = ["HostPool", "Staged", "as_array", "is_device_array", "stage", "to_host"]
 
 
 class HostPool:
@@ -93,6 +96,58 @@ def is_device_array(data: Any) -> bool:
         return hasattr(data, "__cuda_array_interface__")
     except Exception:  # noqa: BLE001  (a property that raises: a CPU tensor, for example)
         return False
+
+
+#: DLPack device types (``__dlpack_device__()[0]``): host memory, and CUDA/ROCm device memory
+_DL_HOST = (1, 3)  # kDLCPU, kDLCUDAHost (pinned)
+_DL_DEVICE = (2, 10, 13)  # kDLCUDA, kDLROCM, kDLCUDAManaged
+
+
+def is_native(data: Any) -> bool:
+    """NumPy, CuPy, dask or a NumPy scalar: data the pipeline takes as it is."""
+    if isinstance(data, np.ndarray | np.generic):
+        return True
+    return type(data).__module__.split(".", 1)[0] in ("cupy", "dask", "numpy")
+
+
+def as_array(data: Any, name: str = "data") -> Any:
+    """``data`` from any array framework as NumPy (host memory) or CuPy (device memory).
+
+    PyTorch tensors (CPU or CUDA; detached first), JAX arrays and anything exporting
+    ``__dlpack__`` or ``__cuda_array_interface__`` are viewed without a copy: host data as a
+    NumPy array (``np.from_dlpack``), device data as a CuPy array (``cupy.from_dlpack``, which
+    orders the view after the producer's stream). NumPy, CuPy and dask data are returned as
+    they are; anything else goes through ``np.asarray``.
+
+    Raises
+    ------
+    DtypeCastError
+        The framework cannot export the array (a dtype with no NumPy equivalent, such as
+        ``bfloat16``): convert it first, e.g. ``tensor.float()``.
+    """
+    if is_native(data):
+        return data
+    detach = getattr(data, "detach", None)  # torch: a tensor that requires grad won't export
+    if callable(detach) and type(data).__module__.split(".", 1)[0] == "torch":
+        data = detach()
+    try:
+        device = data.__dlpack_device__()[0] if hasattr(data, "__dlpack_device__") else None
+        if device in _DL_HOST:
+            return np.from_dlpack(data)
+        if device in _DL_DEVICE or is_device_array(data):
+            import cupy
+
+            return cupy.from_dlpack(data) if device is not None else cupy.asarray(data)
+    except (BufferError, TypeError, RuntimeError, ValueError) as e:
+        from .errors import DtypeCastError
+
+        dtype = getattr(data, "dtype", "?")
+        raise DtypeCastError(
+            f"{name}: cannot take a {type(data).__module__}.{type(data).__name__} of dtype "
+            f"{dtype} without a copy ({type(e).__name__}: {e}); convert it to a dtype NumPy "
+            "has (e.g. float32) first"
+        ) from e
+    return np.asarray(data)
 
 
 def stage(data: Any) -> tuple[Staged, HostPool]:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from zarr.abc.store import Store
-from zarr.storage import FsspecStore, LocalStore
+from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
-from .errors import InvalidNameError, ReadOnlyStoreError
+from ._compat import memory_store_at
+from .errors import InvalidNameError, OptionError, ReadOnlyStoreError
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
 __all__ = ["StoreLike", "check_node_name", "resolve_store", "store_key"]
 
-StoreLike = str | os.PathLike[str] | Store
+#: Also an ``fsspec.FSMap`` (``fsspec.get_mapper(url)``), accepted wherever a store is.
+StoreLike = str | os.PathLike[str] | Store | MutableMapping[str, bytes]
 
 
 def resolve_store(
@@ -23,35 +26,46 @@ def resolve_store(
     *,
     storage_options: Mapping[str, Any] | None = None,
     read_only: bool = False,
+    group: str | None = None,
 ) -> Store:
     """Return a zarr :class:`~zarr.abc.store.Store` for ``store``.
 
     Parameters
     ----------
     store
-        A local path, a ``file://`` URL, any other fsspec URL (``memory://``, ``s3://`` ...),
-        or a zarr Store, which is returned unchanged.
+        A local path (``str`` or ``pathlib.Path``), a ``file://`` URL, any other fsspec URL
+        (``memory://``, ``s3://`` ...), an ``fsspec.FSMap``, or a zarr Store, which is
+        returned unchanged.
     storage_options
         Passed to fsspec for URLs. Not allowed with a Store or a local path.
     read_only
         Open the store read-only.
+    group
+        A group inside the store (``"a/b"``): the Store returned is rooted there, so that
+        everything written or read through it lands in that group, as ``to_zarr(group=)``.
 
     Raises
     ------
-    TypeError
-        ``store`` is of an unsupported type.
-    ValueError
-        ``storage_options`` were given where they cannot be used.
+    OptionError
+        ``store`` is of an unsupported type, or ``storage_options`` were given where they
+        cannot be used (an :class:`~xarray_zarrwrite.errors.InputError`, also a ``TypeError``).
     """
+    if group is not None:
+        base = resolve_store(store, storage_options=storage_options, read_only=read_only)
+        return in_group(base, group)
     if isinstance(store, Store):
         if storage_options:
-            raise ValueError(
+            raise OptionError(
                 "storage_options cannot be used with a zarr Store; configure the Store"
             )
         return store
+    mapper = _from_fsmap(store, storage_options, read_only)
+    if mapper is not None:
+        return mapper
     if not isinstance(store, str | os.PathLike):
-        raise TypeError(
-            f"store must be a path, an fsspec URL or a zarr Store, got {type(store).__name__}"
+        raise OptionError(
+            "store must be a path, an fsspec URL, an fsspec.FSMap or a zarr Store, got "
+            f"{type(store).__name__}"
         )
     path = os.fspath(store)
     path = path.removeprefix("file://")
@@ -60,8 +74,60 @@ def resolve_store(
             path, storage_options=dict(storage_options or {}), read_only=read_only
         )
     if storage_options:
-        raise ValueError("storage_options are only used with fsspec URLs, not local paths")
+        raise OptionError("storage_options are only used with fsspec URLs, not local paths")
     return LocalStore(os.path.abspath(path), read_only=read_only)
+
+
+def _from_fsmap(store: object, storage_options: object, read_only: bool) -> Store | None:
+    """A Store for an ``fsspec.FSMap`` (a local one as a LocalStore), else None."""
+    try:
+        from fsspec.mapping import FSMap
+    except ImportError:  # fsspec is optional: then nothing is an FSMap
+        return None
+    if not isinstance(store, FSMap):
+        return None
+    if storage_options:
+        raise OptionError("storage_options cannot be used with an FSMap; configure its filesystem")
+    protocol = store.fs.protocol
+    local = {"file", "local"} & set(protocol if isinstance(protocol, tuple | list) else [protocol])
+    if local:
+        return LocalStore(os.path.abspath(store.root), read_only=read_only)
+    return FsspecStore.from_mapper(store, read_only=read_only)
+
+
+def group_path(group: object) -> str:
+    """``group`` checked and normalised (``"a/b"``), or :class:`InvalidNameError`."""
+    if not isinstance(group, str):
+        raise InvalidNameError(f"group must be a string such as 'a/b', got {group!r}")
+    parts = group.strip("/").split("/")
+    for part in parts:
+        check_node_name(part, "group")
+    return "/".join(parts)
+
+
+def in_group(store: Store, group: str) -> Store:
+    """``store`` rooted at its group ``group`` (local, fsspec and memory stores).
+
+    Raises
+    ------
+    InvalidNameError
+        ``group`` could escape the store.
+    OptionError
+        A store of another type (wrap the store at the group yourself).
+    """
+    path = group_path(group)
+    if isinstance(store, LocalStore):
+        return LocalStore(store.root / path, read_only=store.read_only)
+    if isinstance(store, FsspecStore):
+        return FsspecStore(
+            store.fs, read_only=store.read_only, path=f"{store.path.rstrip('/')}/{path}"
+        )
+    if isinstance(store, MemoryStore):
+        return memory_store_at(store, path)
+    raise OptionError(
+        f"group= is supported for local, fsspec and memory stores, not {type(store).__name__}; "
+        "pass a store rooted at the group instead"
+    )
 
 
 def ensure_writable(store: Store) -> None:

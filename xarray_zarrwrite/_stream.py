@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures as cf
+import functools
 import os
 import threading
 import time
@@ -34,11 +35,20 @@ from typing import TYPE_CHECKING, Any, Self
 import numpy as np
 import xarray as xr
 
+from ._assembly import Assembler, needs_assembly, plan_steps, unit_keys
 from ._compat import async_array, io_loop, sync
-from ._open import StaleTemplateError, TemplateInfo, load_template, load_template_gated
-from ._region import RegionPlan, plan_region
+from ._icechunk import stream_target
+from ._open import (
+    StaleTemplateError,
+    TemplateInfo,
+    load_template,
+    load_template_gated,
+    load_template_with_root,
+)
+from ._region import RegionPlan
 from ._runtime import runtime
 from ._staging import stage
+from ._step_arrays import arrays_dataset, native, take
 from ._store import ensure_writable, resolve_store
 from ._template import _as_dataset
 from ._write import EncodedWrite, RegionWriteResult, encode_for_template, write_encoded
@@ -70,16 +80,30 @@ class WriteFuture:
         overwrite or free its arrays (GPU memory included).
     committed : concurrent.futures.Future
         Resolves with the :class:`~xarray_zarrwrite.RegionWriteResult` once every chunk is
-        durable in the store, or with the write's exception.
+        durable in the store, or with the write's exception. A step that covers only part of
+        a write unit (assembled) is durable when its unit is written: when the unit's last
+        step arrives, or at ``flush``/``close`` (as a partial unit).
     """
 
     def __init__(self, region: Mapping[str, slice]) -> None:
         self.region = dict(region)
+        self.assembled = False  # held for chunk assembly (durable when its unit is written)
+        self._flush: Callable[[], None] | None = None  # writes open units (assembled steps)
         self.copied: cf.Future[None] = cf.Future()
         self.committed: cf.Future[RegionWriteResult] = cf.Future()
 
     def result(self, timeout: float | None = None) -> RegionWriteResult:
-        """Wait until committed; return the result or raise the write's error."""
+        """Wait until committed; return the result or raise the write's error.
+
+        For a step held for chunk assembly whose unit is still open once every step queued
+        before it is assembled, asking for the result asks for durability: the writer's open
+        units are written now, as partial units (as :meth:`StreamWriter.flush` does; later
+        steps of those units merge with them), rather than waiting for steps that may never
+        come. To keep units whole, wait on results only after writing the steps that
+        complete them (or use ``fut.copied`` to know the arrays may be reused).
+        """
+        if self._flush is not None and not self.committed.done():
+            self._flush()
         return self.committed.result(timeout)
 
     def done(self) -> bool:
@@ -190,14 +214,33 @@ class StreamWriter:
         :class:`~xarray_zarrwrite.BufferedStore`).
     max_inflight_mb
         Memory the pipeline may hold: each queued step is charged 1.5 times its raw size (its
-        snapshot plus encoding buffers) until committed; ``write`` blocks when the budget is
-        full.
+        snapshot plus encoding buffers) until committed, and each open write unit of assembled
+        steps 1.5 times its stored size (plus one byte per element) until written; ``write``
+        blocks when in-flight writes fill the budget, and raises
+        :class:`~xarray_zarrwrite.errors.BudgetTooSmallError` when the open units alone
+        would exceed it (only later steps can complete them: waiting could not help).
     storage_options
         fsspec options for URLs.
     safe_chunks, on_out_of_range
         As for :func:`~xarray_zarrwrite.write_region`.
     threads
         Threads that wait for copies and CF-encode (compression runs in zarr's pool).
+    time_dim
+        The dimension along which partial units record the labels they lack (the one steps
+        arrive along; variables without it use their first dimension).
+    branch, message, commit_every
+        With an Icechunk ``Repository`` as ``store``: the branch to commit to (default
+        ``"main"``), the commit message, and a commit after every ``commit_every`` calls to
+        ``write`` (made when the next step arrives, once the earlier ones are written);
+        ``close`` commits the rest, a ``with`` block that raises commits nothing more. An
+        Icechunk ``Session`` is written to and committed by the caller. See :doc:`/icechunk`.
+
+    Notes
+    -----
+    A step that covers only part of a write unit (chunk, or shard when sharded) is assembled
+    in memory: each unit is encoded and written once, when the last of its steps arrives (in
+    any order; a step written twice replaces the earlier one), or at ``flush``/``close`` as a
+    partial unit listed by :func:`~xarray_zarrwrite.check`. A later writer merges with it.
 
     Examples
     --------
@@ -215,9 +258,14 @@ class StreamWriter:
         safe_chunks: bool = True,
         on_out_of_range: OnOutOfRange = "raise",
         threads: int = 2,
+        time_dim: str = "time",
+        branch: str | None = None,
+        message: str | None = None,
+        commit_every: int | None = None,
     ) -> None:
         if not (isinstance(max_inflight_mb, int | float) and max_inflight_mb > 0):
             raise ZarrWriteError(f"max_inflight_mb must be positive, got {max_inflight_mb!r}")
+        store, self._commits = stream_target(store, branch, message, commit_every)
         self.store = resolve_store(store, storage_options=storage_options)
         ensure_writable(self.store)
         self._target = _unbuffered(self.store)
@@ -234,6 +282,9 @@ class StreamWriter:
         self.failed: list[WriteFuture] = []
         self.written = 0
         self._closed = False
+        self._assembler = Assembler(
+            self._target, lambda: self.info, self._budget, self._settle, time_dim
+        )
         runtime.live.add(self)
         _register_exit_hook()
 
@@ -252,8 +303,12 @@ class StreamWriter:
         """
         self._check_open()
         self._raise_unreported()
-        ds = _as_dataset(ds)
-        plan, info, verify = self._plan(ds, region)
+        if self._commits is not None:  # Icechunk: commit the previous commit_every steps
+            self._commits.before_write(self)
+        ds = native(_as_dataset(ds))
+        plan, info, verify, root = self._plan(ds, region)
+        if needs_assembly(plan) or self._assembler.is_open(unit_keys(plan)):
+            return self._write_assembled(plan, info, root)
         # charged for its snapshot plus the encoder's transient buffers (measured: the
         # pipeline's resident memory peaks at about 1.4x the snapshots in flight)
         nbytes = int(plan.nbytes * _CHARGE)
@@ -277,23 +332,119 @@ class StreamWriter:
         io.add_done_callback(lambda io: self._after_run(io, job))
         return fut
 
-    def _plan(self, ds: xr.Dataset, region: Any) -> tuple[RegionPlan, TemplateInfo, Verify]:
-        """Plan with the cached template; an error is raised only after proving it current."""
-        info, _, verify = load_template_gated(self._target)
+    def _plan(self, ds: xr.Dataset, region: Any) -> tuple[RegionPlan, TemplateInfo, Verify, bytes]:
+        """Plan with the cached template; an error is raised only after proving it current.
+        Also returns the template's freshness token (assembled units are gated on it)."""
+        info, root, verify = load_template_gated(self._target)
         try:
-            return plan_region(ds, info, region, safe_chunks=self._safe_chunks), info, verify
+            return plan_steps(ds, info, region, self._safe_chunks), info, verify, root
         except ZarrWriteError:
             if verify is None:
                 raise
             try:
                 sync(verify())
             except StaleTemplateError:
-                info = load_template(self._target)
-                return plan_region(ds, info, region, safe_chunks=self._safe_chunks), info, None
+                info, root = load_template_with_root(self._target)
+                self.info = info
+                return plan_steps(ds, info, region, self._safe_chunks), info, None, root
             raise
 
+    def write_arrays(
+        self,
+        arrays: Mapping[str, Any],
+        coords: Mapping[str, Any],
+        *,
+        region: Any = "auto",
+    ) -> WriteFuture:
+        """Write plain arrays (NumPy, CuPy, PyTorch, JAX, DLPack) at ``coords``, no xarray needed.
+
+        Parameters
+        ----------
+        arrays
+            ``{variable: array}``, each in the template's dimension order; any framework
+            :meth:`write` accepts (torch CPU tensors are viewed as NumPy without a copy, CUDA
+            tensors take the device snapshot path).
+        coords
+            ``{dimension: labels}`` of the step, e.g. ``{"time": [t]}``; a dimension not given
+            is the template's full extent along it.
+        region
+            As for :meth:`write`.
+
+        Returns
+        -------
+        WriteFuture
+
+        Raises
+        ------
+        VariableNotInTemplateError
+            A name is not a data variable of the template.
+        DimensionMismatchError
+            An array's number of dimensions or shape disagrees with the template and ``coords``.
+        ZarrWriteError
+            Any error :meth:`write` raises (labels, dtypes...); nothing is queued.
+        """
+        self._check_open()
+        ds = arrays_dataset(self.info, arrays, coords)
+        return self.write(ds, region=region)
+
+    def _write_assembled(self, plan: RegionPlan, info: TemplateInfo, root: bytes) -> WriteFuture:
+        """Queue a step for chunk assembly (see :mod:`xarray_zarrwrite._assembly`)."""
+        fut = WriteFuture(plan.region)
+        fut.assembled = True
+        fut._flush = functools.partial(self._assembler.make_durable, fut)  # see result()
+        with self._lock:
+            self._recent = [f for f in self._recent if not f.done()]
+            # earlier whole-unit writes of the region land first (earlier assembled steps are
+            # in the same units already: waiting for them would wait for ourselves)
+            after = [
+                f.committed
+                for f in self._recent
+                if not f.assembled and _overlaps(f.region, fut.region)
+            ]
+            self._recent.append(fut)
+            self._inflight.add(fut.committed)
+        # device data: its snapshot starts now (D2H into pinned memory), and is assembled on
+        # the host; NumPy data is borrowed until `copied`
+        sources = [w.variable.data for w in plan.writes]
+        staged = [stage(d) if not isinstance(d, np.ndarray) else None for d in sources]
+
+        def encode() -> list[np.ndarray]:
+            out = []
+            for w, src, st in zip(plan.writes, sources, staged, strict=True):
+                host = src if st is None else take(st)
+                var = w.variable.copy(deep=False, data=host)
+                target = info.arrays[w.name]
+                out.append(
+                    np.asarray(
+                        encode_for_template(
+                            w.name, var, target, info.zarr_format, self._on_out_of_range
+                        )
+                    )
+                )
+            return out
+
+        try:
+            self._assembler.register(
+                plan, fut, encode, int(plan.nbytes), after, self._raise_unreported, root
+            )
+        except BaseException:
+            with self._lock:
+                self._inflight.discard(fut.committed)
+                self._recent.remove(fut)
+            for st in staged:
+                if st is not None:
+                    take(st)
+            raise
+        return fut
+
     def flush(self, timeout: float | None = None) -> None:
-        """Wait for every queued write to be committed; raise the first unreported error."""
+        """Write open units (partial), wait for every queued write; raise the first error.
+
+        Units of assembled steps still open are written as partial units (fill values where
+        no step arrived), listed as partial in the archive for :func:`~xarray_zarrwrite.check`
+        and for a later writer, which merges with them.
+        """
+        self._assembler.flush()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with self._lock:
@@ -316,8 +467,11 @@ class StreamWriter:
             return
         try:
             self.flush()
+            if self._commits is not None:
+                self._commits.at_close()
         finally:
             self._closed = True
+            self._assembler.close()
             self._pool.shutdown(wait=True)
             runtime.live.discard(self)
 
@@ -344,6 +498,8 @@ class StreamWriter:
         if exc is None:
             self.close()
             return
+        if self._commits is not None:  # the body failed: commit nothing more
+            self._commits.abandon()
         try:  # the body already failed: still flush, but let its exception win
             self.close()
         except Exception as bg:  # noqa: BLE001  (the body's exception wins)
@@ -412,7 +568,7 @@ class StreamWriter:
         for w, host in zip(job.plan.writes, hosts, strict=True):
             snap[w.name] = w.variable.copy(deep=False, data=host)
         info = load_template(self._target)
-        plan = plan_region(snap, info, job.region, safe_chunks=self._safe_chunks)
+        plan = plan_steps(snap, info, job.region, self._safe_chunks)
         if dict(plan.region) != job.fut.region:
             job.fut.region = dict(plan.region)
         new_hosts = [np.asarray(w.variable.data) for w in plan.writes]
@@ -435,6 +591,14 @@ class StreamWriter:
         for _, s, pool in staged:
             pool.give(s.host)
         self._budget.release(nbytes)
+        self._settle(fut, result, err)
+
+    def _settle(
+        self, fut: WriteFuture, result: RegionWriteResult | None, err: BaseException | None
+    ) -> None:
+        """Complete ``fut`` (once: later calls are ignored) and account for it."""
+        if fut.committed.done():
+            return
         if err is not None:
             if not isinstance(err, ZarrWriteError):
                 wrapped = WriteFailedError(
@@ -474,6 +638,8 @@ class StreamWriter:
 
 
 _REPLANS = 3
+
+
 Verify = Callable[[], Coroutine[Any, Any, None]] | None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
 import warnings
 from collections.abc import Coroutine, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,8 @@ import zarr
 import zarr.api.asynchronous as zasync
 from zarr.storage import MemoryStore
 
-from ._chunks import plan_chunks
-from ._compat import default_buffer_prototype, sync
+from ._chunks import plan_chunks, plan_shards
+from ._compat import sync
 from ._compression import parse_compression
 from ._encoding import (
     CF_ENCODING_KEYS,
@@ -38,19 +37,27 @@ from ._encoding import (
     pin_time_encoding,
     zarr_fill_and_attrs,
 )
-from ._store import check_node_name, ensure_writable, resolve_store
+from ._extent import full_extent
+from ._extent import time_axis as _time_axis
+from ._groups import NOT_CONSOLIDATED, consolidate_root, ensure_parents, tree_templates
+from ._icechunk import transactional
+from ._publish import PUBLISH_MARKER, publish
+from ._store import ensure_writable, resolve_store
 from .codecs.bitpack_v2 import with_chunk_size
 from .config import config
-from .errors import ChunkSpecError, StoreExistsError, TemplateError
+from .errors import ChunkSpecError, TemplateError
 
 if TYPE_CHECKING:
     from zarr.abc.store import Store
 
     from ._store import StoreLike
 
-__all__ = ["TemplateSpec", "open_template", "to_template"]
+# _time_axis: re-exported for convert/_placement.py (now in _extent.time_axis)
+__all__ = ["PUBLISH_MARKER", "TemplateSpec", "_time_axis", "open_template", "to_template"]
 
 _MODES = ("w-", "w")
+#: Uncompressed bytes ``shards="auto"`` aims at per shard (tunable with ``target_shard_mb``).
+DEFAULT_TARGET_SHARD_MB = 256.0
 
 
 @dataclass(frozen=True)
@@ -61,14 +68,18 @@ class TemplateSpec:
     chunks: Mapping[str, int | None] | str | None
     access_pattern: str
     target_bytes: int
+    shards: Mapping[str, int | None] | str | None
+    target_shard_bytes: int
     compressors: tuple[Any, ...]
     encoding: Mapping[str, Mapping[str, Any]]
     zarr_format: ZarrFormat
     mode: str
+    consolidated: bool = True
 
 
+@transactional("to_template")
 def to_template(
-    ds: xr.Dataset | xr.DataArray,
+    ds: xr.Dataset | xr.DataArray | xr.DataTree,
     store: StoreLike,
     *,
     time_dim: str | None = "time",
@@ -79,12 +90,18 @@ def to_template(
     chunks: Mapping[str, int | None] | str | None = None,
     access_pattern: str = "balanced",
     target_chunk_mb: float | None = None,
+    shards: Mapping[str, int | None] | str | None = None,
+    target_shard_mb: float = DEFAULT_TARGET_SHARD_MB,
     compression: Any = "default",
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
     packing: Mapping[str, Any] | None = None,
     zarr_format: int = 3,
     storage_options: Mapping[str, Any] | None = None,
     mode: str = "w-",
+    consolidated: bool = True,
+    group: str | None = None,
+    branch: str | None = None,
+    message: str | None = None,
 ) -> xr.Dataset:
     """Write a metadata-only Zarr template spanning the full extent of ``ds``.
 
@@ -118,13 +135,22 @@ def to_template(
         budget (see :doc:`/templates`).
     target_chunk_mb
         Uncompressed chunk size ``chunks="auto"`` aims at (default from config, 8 MiB).
+    shards
+        Zarr v3 shards (one stored object holding many chunks): ``{dim: size}``, each a
+        multiple of the dimension's chunk size (``-1``/None for the whole dimension; a
+        dimension left out gets shards one chunk wide), ``"auto"`` (chunks grouped by
+        ``access_pattern`` into shards of about ``target_shard_mb``), or None (no shards).
+        Region writes must then cover whole shards (see :doc:`/templates`).
+    target_shard_mb
+        Uncompressed shard size ``shards="auto"`` aims at (default 256 MiB).
     compression
         ``"default"`` (blosc zstd level 3 with shuffle), None, a string such as
         ``"blosc:lz4:5:bitshuffle"``, ``"zstd:3"``, ``"gzip:5"``, or codec object(s).
     encoding
         Per-variable xarray-style overrides: ``dtype``, ``units``, ``calendar``,
         ``scale_factor``, ``add_offset``, ``_FillValue``, ``compressors``, ``serializer``,
-        ``filters``.
+        ``filters``, and ``chunks``/``shards`` (tuples in the variable's dimension order) as
+        in :meth:`xarray.Dataset.to_zarr`. A variable's entry replaces its encoding.
     packing
         Lossy packing of float variables (see :doc:`/packing`).
     zarr_format
@@ -135,11 +161,24 @@ def to_template(
         ``"w-"`` (default) fails, changing nothing, if the target holds anything other than
         what an interrupted ``to_template`` left (recognised by its publish marker, which
         is written first and removed last); ``"w"`` replaces whatever is there.
+    group
+        Write the template into this group of ``store`` (``"a/b"``), as
+        ``to_zarr(group=)``; region writes then take the same ``group=``. A
+        :class:`xarray.DataTree` gets one template per node that has data variables, in the
+        node's group (under ``group``), with the same options.
+    consolidated
+        Write consolidated metadata (default, as :meth:`xarray.Dataset.to_zarr`); readers
+        then open the template with one read. :func:`extend` keeps it up to date.
+    branch, message
+        With an Icechunk ``Repository`` as ``store``: the branch to commit the template to
+        (default ``"main"``) and the commit message (see :doc:`/icechunk`). An Icechunk
+        ``Session`` is written to and committed by the caller.
 
     Returns
     -------
     xarray.Dataset
-        The template, opened lazily from the store.
+        The template, opened lazily from the store (an :class:`xarray.DataTree` for
+        DataTree input).
 
     Raises
     ------
@@ -155,6 +194,9 @@ def to_template(
     InvalidNameError
         A variable or dimension name could escape the store root.
     """
+    if isinstance(ds, xr.DataTree):
+        kwargs = {k: v for k, v in locals().items() if k not in ("ds", "store", "group")}
+        return tree_templates(ds, store, group, kwargs)  # type: ignore[return-value]
     ds = _as_dataset(ds)
     if zarr_format not in ZARR_FORMATS:
         raise TemplateError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
@@ -164,24 +206,35 @@ def to_template(
         target_chunk_mb = config.get("target_chunk_mb")
     if not isinstance(target_chunk_mb, int | float) or not target_chunk_mb > 0:
         raise ChunkSpecError(f"target_chunk_mb must be a positive number, got {target_chunk_mb!r}")
+    if not isinstance(target_shard_mb, int | float) or not target_shard_mb > 0:
+        raise ChunkSpecError(f"target_shard_mb must be a positive number, got {target_shard_mb!r}")
     spec = TemplateSpec(
         time_dim=time_dim,
         chunks=chunks,
         access_pattern=access_pattern,
         target_bytes=int(target_chunk_mb * 2**20),
+        shards=shards,
+        target_shard_bytes=int(target_shard_mb * 2**20),
         compressors=parse_compression(compression, zarr_format),
         encoding=_parse_encoding(ds, encoding),
         zarr_format=zarr_format,
         mode=mode,
+        consolidated=bool(consolidated),
     )
-    full = _full_extent(ds, time_dim, global_start, global_end, freq, extent)
-    chunking = _chunking(ds, full, spec)
+    _check_shard_format(spec)
+    full = full_extent(ds, time_dim, global_start, global_end, freq, extent)
+    chunking, sharding = _chunking(ds, full, spec)
     packed = _packing_encoding(ds, packing, zarr_format)
     staged = MemoryStore()
-    sync(_stage(ds, full, chunking, packed, spec, staged))
-    target = resolve_store(store, storage_options=storage_options)
+    sync(_stage(ds, full, (chunking, sharding), packed, spec, staged))
+    target = resolve_store(store, storage_options=storage_options, group=group)
     ensure_writable(target)
-    sync(_publish(staged, target, mode))
+    sync(publish(staged, target, mode, consolidated=spec.consolidated))
+    if group is not None:
+        base = resolve_store(store, storage_options=storage_options)
+        ensure_parents(base, group, zarr_format)
+        if spec.consolidated:  # as to_zarr: readers of the group use the root's
+            consolidate_root(base)
     return open_template(target)
 
 
@@ -189,6 +242,7 @@ def open_template(store: Store) -> xr.Dataset:
     """Open a template lazily with plain xarray (consolidated metadata when present)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        warnings.filterwarnings("ignore", message=NOT_CONSOLIDATED, category=RuntimeWarning)
         ds: xr.Dataset = xr.open_zarr(store, consolidated=None, chunks=None)
         return ds
 
@@ -206,7 +260,7 @@ def _as_dataset(obj: xr.Dataset | xr.DataArray) -> xr.Dataset:
 def _parse_encoding(
     ds: xr.Dataset, encoding: Mapping[str, Mapping[str, Any]] | None
 ) -> dict[str, dict[str, Any]]:
-    allowed = set(CF_ENCODING_KEYS) | set(ZARR_ENCODING_KEYS)
+    allowed = set(CF_ENCODING_KEYS) | set(ZARR_ENCODING_KEYS) | {"chunks", "shards"}
     out: dict[str, dict[str, Any]] = {}
     for name, enc in (encoding or {}).items():
         if name not in ds.variables:
@@ -218,7 +272,7 @@ def _parse_encoding(
             raise TemplateError(f"encoding[{name!r}] must be a mapping, got {enc!r}")
         unknown = set(enc) - allowed
         if unknown:
-            hint = " (use chunks= for chunking)" if {"chunks", "chunksizes"} & unknown else ""
+            hint = " (use chunks= for chunking)" if "chunksizes" in unknown else ""
             raise TemplateError(
                 f"encoding[{name!r}] has unsupported keys {sorted(unknown)}{hint}; allowed: "
                 f"{sorted(allowed)}"
@@ -227,130 +281,25 @@ def _parse_encoding(
     return out
 
 
-def _full_extent(
-    ds: xr.Dataset,
-    time_dim: str | None,
-    global_start: Any,
-    global_end: Any,
-    freq: Any,
-    extent: Mapping[str, Any] | None,
-) -> dict[str, pd.Index]:
-    """Full index of every extended dimension (time and ``extent``), validated against ds."""
-    for name in list(ds.variables) + list(ds.dims):
-        check_node_name(name, "variable or dimension")
-    if not ds.data_vars:
-        raise TemplateError("the dataset has no data variables to make a template for")
-    for name, var in ds.data_vars.items():
-        if var.dtype.kind not in "biufcmM":
-            raise TemplateError(
-                f"data variable {name!r} has dtype {var.dtype}; templates support numeric, "
-                "boolean and datetime data variables (encode strings as fixed-width bytes "
-                "or categorical codes)"
-            )
-        if 0 in var.shape:
-            raise TemplateError(
-                f"data variable {name!r} has a zero-length dimension {dict(var.sizes)}; "
-                "give at least one element of every dimension as the example"
-            )
-    full: dict[str, pd.Index] = {}
-    extending_time = global_start is not None or global_end is not None or freq is not None
-    if extending_time:
-        if time_dim is None or time_dim not in ds.dims:
-            raise TemplateError(
-                f"global_start/global_end/freq extend the time dimension {time_dim!r}, which "
-                f"is not a dimension of the dataset (dimensions: {list(ds.dims)}); set time_dim="
-            )
-        full[time_dim] = _time_axis(ds, time_dim, global_start, global_end, freq)
-    for dim, values in (extent or {}).items():
-        if dim not in ds.dims:
-            raise TemplateError(
-                f"extent names {dim!r}, which is not a dimension of the dataset "
-                f"(dimensions: {list(ds.dims)})"
-            )
-        if dim in full:
-            raise TemplateError(
-                f"dimension {dim!r} is given both by extent and by global_start/global_end"
-            )
-        index = pd.Index(np.asarray(values))
-        _check_index(index, f"extent[{dim!r}]")
-        full[str(dim)] = index
-    for dim, index in full.items():
-        if dim not in ds.indexes:
-            if len(index) < ds.sizes[dim]:
-                raise TemplateError(
-                    f"extent of {dim!r} has {len(index)} labels, fewer than the "
-                    f"{ds.sizes[dim]} the example data already has"
-                )
-            continue
-        own = ds.indexes[dim]
-        _check_index(own, f"coordinate {dim!r} of the example data")
-        pos = index.get_indexer(own)
-        if (pos < 0).any():
-            bad = own[int(np.flatnonzero(pos < 0)[0])]
-            raise TemplateError(
-                f"label {bad!r} of coordinate {dim!r} in the example data is not on the "
-                f"template's {dim!r} axis ({index[0]!r} .. {index[-1]!r}, {len(index)} labels)"
-            )
-    for dim in ds.indexes:
-        if dim not in full:
-            _check_index(ds.indexes[dim], f"coordinate {dim!r}")
-    return full
+def _check_shard_format(spec: TemplateSpec) -> None:
+    with_shards = spec.shards is not None or any("shards" in e for e in spec.encoding.values())
+    if with_shards and spec.zarr_format != 3:
+        raise ChunkSpecError(
+            f"shards are a Zarr v3 feature; got shards with zarr_format={spec.zarr_format}. "
+            "Use zarr_format=3, or drop shards="
+        )
 
 
-def _check_index(index: pd.Index, what: str) -> None:
-    if len(index) == 0:
-        raise TemplateError(f"{what} is empty")
-    if index.hasnans:
-        raise TemplateError(f"{what} holds missing values (NaN/NaT); labels must all be valid")
-    if not index.is_unique:
-        dup = index[index.duplicated()][0]
-        raise TemplateError(f"{what} holds the duplicate label {dup!r}; labels must be unique")
-    if not (index.is_monotonic_increasing or index.is_monotonic_decreasing):
-        raise TemplateError(f"{what} is not sorted; labels must be monotonic")
+Layout = tuple[dict[str, int], dict[str, int] | None]  # chunk and shard size of each dim
 
 
-def _time_axis(ds: xr.Dataset, time_dim: str, start: Any, end: Any, freq: Any) -> pd.Index:
-    own = ds.indexes.get(time_dim)
-    if own is None:
-        raise TemplateError(f"the time dimension {time_dim!r} has no coordinate to extend")
-    _check_index(own, f"coordinate {time_dim!r}")
-    if not own.is_monotonic_increasing:
-        raise TemplateError(f"coordinate {time_dim!r} must be increasing to be extended")
-    if freq is None:
-        if len(own) < 3:
-            raise TemplateError(
-                f"cannot infer the time step from {len(own)} timestamp(s); pass freq="
-            )
-        freq = xr.infer_freq(own)  # type: ignore[no-untyped-call]  # xarray: unannotated
-        if freq is None:
-            raise TemplateError(
-                f"the time step of {time_dim!r} is irregular and cannot be inferred; pass freq="
-            )
-    start = own[0] if start is None else start
-    end = own[-1] if end is None else end
-    calendar = getattr(own, "calendar", None) if isinstance(own, xr.CFTimeIndex) else None
-    try:
-        if calendar is not None:
-            axis = xr.date_range(start, end, freq=freq, calendar=calendar, use_cftime=True)
-        else:
-            axis = pd.date_range(pd.Timestamp(start), pd.Timestamp(end), freq=freq)
-            axis = axis.as_unit(own.unit) if hasattr(own, "unit") else axis
-    except (ValueError, TypeError) as e:
-        raise TemplateError(
-            f"cannot build the time axis from {start!r} to {end!r} with freq={freq!r}: {e}"
-        ) from e
-    if len(axis) == 0:
-        raise TemplateError(f"global_start {start!r} is after global_end {end!r}")
-    return pd.Index(axis, name=time_dim)
-
-
-def _chunking(ds: xr.Dataset, full: dict[str, pd.Index], spec: TemplateSpec) -> dict[str, int]:
+def _chunking(ds: xr.Dataset, full: dict[str, pd.Index], spec: TemplateSpec) -> Layout:
     sizes = {str(d): (len(full[d]) if d in full else n) for d, n in ds.sizes.items()}
     chunks = spec.chunks
     if chunks is None and ds.chunks:
         chunks = {str(d): c[0] for d, c in ds.chunks.items() if str(d) not in full}
     itemsize = max(v.dtype.itemsize for v in ds.data_vars.values())
-    return plan_chunks(
+    planned = plan_chunks(
         sizes,
         chunks,
         itemsize=itemsize,
@@ -358,6 +307,16 @@ def _chunking(ds: xr.Dataset, full: dict[str, pd.Index], spec: TemplateSpec) -> 
         access_pattern=spec.access_pattern,
         target_bytes=spec.target_bytes,
     )
+    sharded = plan_shards(
+        sizes,
+        planned,
+        spec.shards,
+        itemsize=itemsize,
+        time_dim=spec.time_dim,
+        access_pattern=spec.access_pattern,
+        target_bytes=spec.target_shard_bytes,
+    )
+    return planned, sharded
 
 
 def _packing_encoding(
@@ -373,7 +332,7 @@ def _packing_encoding(
 async def _stage(
     ds: xr.Dataset,
     full: dict[str, pd.Index],
-    chunking: dict[str, int],
+    chunking: Layout,
     packed: dict[str, dict[str, Any]],
     spec: TemplateSpec,
     staged: MemoryStore,
@@ -387,14 +346,18 @@ async def _stage(
     jobs: list[Coroutine[Any, Any, None]] = []
     try:
         for name, var in variables.items():
-            user = spec.encoding.get(name, {})
+            user = spec.encoding.get(name)
+            own = {} if user is not None else cf_encoding(var.encoding)  # replaced, as xarray
+            user = user or {}
             if name in ds.indexes or (name in ds.coords and not extended & set(map(str, var.dims))):
                 # coordinates that do not grow are written once, in full, with their values
                 # loading may read lazily opened sources through zarr's own sync API: off the loop
                 values = await asyncio.to_thread(_full_variable, var, name, full)
-                jobs.append(_create_coordinate(group, name, values, user, fmt))
+                layout_keys = ("chunks", "shards")  # coordinates are stored whole
+                user = {k: v for k, v in user.items() if k not in layout_keys}
+                jobs.append(_create_coordinate(group, name, values, {**own, **user}, fmt))
             else:
-                enc = {**cf_encoding(var.encoding), **packed.get(name, {}), **user}
+                enc = {**own, **packed.get(name, {}), **user}
                 if var.dtype.kind in "mM":
                     enc = await asyncio.to_thread(_time_enc, var, name, enc, user, full, spec)
                 enc = complete_fill(var.dtype, enc)
@@ -439,11 +402,11 @@ async def _create_coordinate(
     group: zarr.AsyncGroup,
     name: str,
     var: xr.Variable,
-    user: Mapping[str, Any],
+    enc: Mapping[str, Any],
     fmt: ZarrFormat,
 ) -> None:
     var = var.copy(deep=False)
-    var.encoding = complete_fill(var.dtype, {**cf_encoding(var.encoding), **user})
+    var.encoding = complete_fill(var.dtype, dict(enc))
     codec_kwargs = {k: var.encoding.pop(k) for k in ZARR_ENCODING_KEYS if k in var.encoding}
     encoded = encode_variable(var, name, fmt)
     data = np.asarray(encoded.values)
@@ -467,7 +430,7 @@ async def _create_data_array(
     var: xr.Variable,
     enc: dict[str, Any],
     full: dict[str, pd.Index],
-    chunking: dict[str, int],
+    chunking: Layout,
     spec: TemplateSpec,
 ) -> None:
     # Encode a one-element sample: gives the stored dtype and CF attributes without touching
@@ -485,7 +448,9 @@ async def _create_data_array(
         encoded, spec.zarr_format, codec_kwargs.pop("fill_value", None)
     )
     shape = tuple(len(full[d]) if d in full else n for d, n in var.sizes.items())
-    chunks = tuple(min(chunking[str(d)], max(n, 1)) for d, n in zip(var.dims, shape, strict=True))
+    chunks, shards = _array_layout(name, var.dims, shape, chunking, enc)
+    if shards is not None:
+        codec_kwargs["shards"] = shards
     for key in ("filters", "compressors"):  # v2 bitpack decoders learn the chunk size
         if key in codec_kwargs:
             codec_kwargs[key] = with_chunk_size(codec_kwargs[key], math.prod(chunks))
@@ -502,6 +467,49 @@ async def _create_data_array(
         )
     except (ValueError, TypeError) as e:
         raise TemplateError(f"cannot create array {name!r}: {e}") from e
+
+
+def _array_layout(
+    name: str,
+    dims: tuple[Hashable, ...],
+    shape: tuple[int, ...],
+    layout: Layout,
+    enc: Mapping[str, Any],
+) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """Chunk and shard shape of one array: ``encoding`` first, else the planned layout."""
+    chunking, sharding = layout
+    chunks = tuple(min(chunking[str(d)], max(n, 1)) for d, n in zip(dims, shape, strict=True))
+    chunks = _shape_from_encoding(name, "chunks", enc.get("chunks"), shape) or chunks
+    shards: tuple[int, ...] | None = None
+    if sharding is not None:
+        shards = tuple(
+            c if c >= n else min(sharding[str(d)], math.ceil(n / c) * c)
+            for d, c, n in zip(dims, chunks, shape, strict=True)
+        )
+    shards = _shape_from_encoding(name, "shards", enc.get("shards"), shape) or shards
+    if shards is not None:
+        bad = [str(d) for d, c, s in zip(dims, chunks, shards, strict=True) if s % c]
+        if bad:
+            raise ChunkSpecError(
+                f"variable {name!r}: shards {shards} are not multiples of its chunks {chunks} "
+                f"along {bad}; every shard must hold whole chunks"
+            )
+    return chunks, shards
+
+
+def _shape_from_encoding(
+    name: str, key: str, value: Any, shape: tuple[int, ...]
+) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    ok = isinstance(value, list | tuple) and len(value) == len(shape)
+    ok = ok and all(type(v) is int and v > 0 for v in value)
+    if not ok:
+        raise ChunkSpecError(
+            f"encoding[{name!r}][{key!r}] must be a tuple of {len(shape)} positive integers "
+            f"(one per dimension of the variable), got {value!r}"
+        )
+    return tuple(int(v) for v in value)
 
 
 def _dim_kwargs(dims: tuple[Hashable, ...], fmt: int) -> dict[str, Any]:
@@ -527,75 +535,3 @@ def _json_attr(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-_ROOT_DOCS = frozenset({"zarr.json", ".zgroup", ".zattrs", ".zmetadata", ".zarray"})
-_GROUP_DOCS = ("zarr.json", ".zgroup")  # the documents that make a group: written last
-_ARRAY_KEY = re.compile(r"^[^/]+/(zarr\.json|\.zarray|\.zattrs|c/[0-9/]+|[0-9.]+)$")
-#: Written before anything else when publishing, removed last: leftovers are ours only with it.
-PUBLISH_MARKER = ".xarray_zarrwrite-publishing"
-_MARKER_BODY = b'{"xarray_zarrwrite": "template publish in progress"}\n'
-
-
-async def _interrupted_publish(target: Store) -> list[str] | None:
-    """The keys an interrupted publish of ours left, or None when the target is not that.
-
-    Ours means: the publish marker is there, no group document is (the group document is
-    the last thing a publish writes, so a root means a finished template), and every other
-    key is an array document or chunk, as a publish writes them. Anything else is kept.
-    """
-    keys = [k async for k in target.list()]
-    if PUBLISH_MARKER not in keys or any(k in keys for k in _GROUP_DOCS):
-        return None
-    rest = [k for k in keys if k != PUBLISH_MARKER]
-    if all(k in _ROOT_DOCS or _ARRAY_KEY.match(k) for k in rest):
-        return rest
-    return None
-
-
-async def _clear(target: Store, mode: str) -> None:
-    """Make room for the publish: refuse (``"w-"``) unless what is there is ours."""
-    if await target.is_empty(""):
-        return
-    if mode == "w":
-        await target.delete_dir("")
-        return
-    leftovers = await _interrupted_publish(target)
-    if leftovers is None:
-        raise StoreExistsError(
-            f"the target {target} already holds data; nothing was changed. Pass mode='w' to "
-            "replace it, or choose an empty location"
-        )
-    # the marker stays: a crash while clearing still leaves leftovers that are ours
-    limit = asyncio.Semaphore(int(config.get("concurrency")))
-
-    async def delete(key: str) -> None:
-        async with limit:
-            await target.delete(key)
-
-    await asyncio.gather(*(delete(k) for k in leftovers))
-
-
-async def _publish(staged: MemoryStore, target: Store, mode: str) -> None:
-    """Copy ``staged`` to ``target``: marker first, arrays, root documents, group document
-    last, then remove the marker."""
-    await _clear(target, mode)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
-        await zasync.consolidate_metadata(staged)
-    proto = default_buffer_prototype()
-    await target.set(PUBLISH_MARKER, proto.buffer.from_bytes(_MARKER_BODY))
-    keys = [k async for k in staged.list()]
-    roots = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
-    limit = asyncio.Semaphore(int(config.get("concurrency")))
-
-    async def copy(key: str) -> None:
-        async with limit:
-            buf = await staged.get(key, prototype=proto)
-            assert buf is not None
-            await target.set(key, buf)
-
-    await asyncio.gather(*(copy(k) for k in keys if k not in roots))
-    await asyncio.gather(*(copy(k) for k in keys if k in roots and k not in _GROUP_DOCS))
-    await asyncio.gather(*(copy(k) for k in keys if k in _GROUP_DOCS))  # publishes the rest
-    await target.delete(PUBLISH_MARKER)

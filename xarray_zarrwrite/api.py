@@ -12,7 +12,8 @@ import xarray as xr
 from zarr.abc.store import Store
 
 from ._compat import async_array, sync
-from ._dask import RegionTarget
+from ._dask import RegionTarget, range_checked
+from ._icechunk import is_icechunk, transactional, write_dask_forked
 from ._open import StaleTemplateError, load_template, load_template_gated, load_template_with_root
 from ._region import plan_region
 from ._runtime import runtime
@@ -43,16 +44,19 @@ def plan(
     region: Mapping[str, Any] | str = "auto",
     safe_chunks: bool = True,
     storage_options: Mapping[str, Any] | None = None,
+    group: str | None = None,
 ) -> RegionPlan:
     """Validate ``ds`` against the template in ``store`` and return where it goes.
 
     Writes nothing. Useful to check data before a long run; :func:`write_region` does the
-    same validation.
+    same validation. ``group``: the template's group in ``store``, as for
+    :func:`write_region`.
     """
-    target = resolve_store(store, storage_options=storage_options)
+    target = resolve_store(store, storage_options=storage_options, group=group)
     return plan_region(_as_dataset(ds), load_template(target), region, safe_chunks=safe_chunks)
 
 
+@transactional("write_region")
 def write_region(
     ds: xr.Dataset | xr.DataArray,
     store: StoreLike,
@@ -63,6 +67,9 @@ def write_region(
     compute: bool = True,
     on_out_of_range: OnOutOfRange = "raise",
     blocking: bool = True,
+    group: str | None = None,
+    branch: str | None = None,
+    message: str | None = None,
 ) -> RegionWriteResult | Delayed | WriteFuture:
     """Write ``ds`` into its region of the template in ``store``.
 
@@ -82,7 +89,9 @@ def write_region(
     ds
         The data: a Dataset, or a named DataArray.
     store
-        The template's store: path, fsspec URL or zarr Store.
+        The template's store: path, fsspec URL or zarr Store; or an Icechunk ``Session``
+        (written through, the caller commits) or ``Repository`` (committed once when the
+        write succeeds; nothing is committed if it fails). See :doc:`/icechunk`.
     region
         ``"auto"`` (found from coordinate labels) or ``{dim: slice(start, stop)}``; dims
         left out are found automatically.
@@ -103,6 +112,11 @@ def write_region(
         :class:`~xarray_zarrwrite.WriteFuture` at once; encoding and I/O run in the
         background through a per-store :class:`~xarray_zarrwrite.StreamWriter` (see
         :doc:`/streaming`).
+    group
+        The template's group inside ``store`` (``"a/b"``), as ``to_zarr(group=)``.
+    branch, message
+        With an Icechunk ``Repository``: the branch to commit to (default ``"main"``) and
+        the commit message.
 
     Returns
     -------
@@ -115,13 +129,15 @@ def write_region(
     TemplateNotFoundError
         No template at ``store``.
     WriteFailedError
-        A store write failed after validation.
+        A store write failed after validation; :class:`~.errors.CommitConflictError` when
+        an Icechunk commit conflicts with another commit to the same chunks.
     """
     ds = _as_dataset(ds)
-    target = resolve_store(store, storage_options=storage_options)
+    target = resolve_store(store, storage_options=storage_options, group=group)
     ensure_writable(target)
     if not blocking:
-        writer = _shared_writer(store, target, safe_chunks, on_out_of_range)
+        shared = store if group is None else target  # a group gets a writer of its own
+        writer = _shared_writer(shared, target, safe_chunks, on_out_of_range)
         return writer.write(ds, region=region)
     info, root, verify = load_template_gated(target)
     try:
@@ -237,6 +253,8 @@ def _write_dask(
             RegionTarget(store, w.name, root, arr.shape, arr.stored_dtype, on_out_of_range)
         )
         regions.append(w.selection)
+    # every block range-checked before any block is stored (all or nothing)
+    sources = range_checked(sources, [w.name for w in planned.writes], info, on_out_of_range)
     stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
     result = RegionWriteResult(
         region=dict(planned.region),
@@ -244,6 +262,8 @@ def _write_dask(
         nchunks=planned.nchunks,
         nbytes=planned.nbytes,
     )
+    if is_icechunk(store):  # blocks write through forks of the session, merged back into it
+        return write_dask_forked(store, sources, targets, regions, result, compute)
     task: Delayed = delayed(_after, pure=False)(stored, result)
     if compute:
         done: RegionWriteResult = task.compute()  # type: ignore[no-untyped-call]  # dask: unannotated

@@ -1,79 +1,58 @@
 """The ``xarray-zarrwrite`` command line: ``template``, ``write-region``, ``convert``, ``check``
 and ``demo``.
 
-Every subcommand is a thin layer over a public function. Exit status:
+Every subcommand is a thin layer over a public function. Messages name the command line's
+flags, stores print as the paths and URLs given. Exit status:
 
 * 0: success (``convert``/``check``: the archive is complete);
 * 1: failure (a write or a task failed);
 * 2: usage error or invalid input (bad options, missing or duplicate sources, sources that
   disagree with each other or with the template): nothing was written;
 * 3: incomplete (``convert``: nothing failed, but the sources leave time steps of the archive
-  missing, see ``xarray_zarrwrite:partial``; ``check``: chunks are missing).
+  missing, see ``xarray_zarrwrite:partial``; ``check``: chunks are missing);
+* 130: interrupted (Ctrl-C): queued tasks were cancelled; the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import inspect
 import json
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["main"]
+from ._cli_util import (
+    Interrupts,
+    for_shell,
+    json_object,
+    parse_chunks,
+    parse_region,
+    stdout_to_stderr,
+    store_texts,
+)
+
+__all__ = ["main", "parse_chunks", "parse_region"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
 
-
-def _kv(text: str, what: str, parse: Callable[[str], Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        if "=" not in item:
-            raise argparse.ArgumentTypeError(f"{what} must look like dim=value,...; got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = parse(value.strip())
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{what}: bad value {value!r} for {key!r}") from e
-    return out
-
-
-def _chunk_size(value: str) -> int | None:
-    if value.lower() in ("none", "full", "-1"):
-        return None
-    size = int(value)
-    if size <= 0:
-        raise ValueError(value)
-    return size
-
-
-def parse_chunks(text: str) -> dict[str, int | None] | str:
-    """``"time=100,lat=60,lon=-1"`` (``-1``/``full``: whole dimension) or ``"auto"``."""
-    if text.strip() == "auto":
-        return "auto"
-    return _kv(text, "--chunks", _chunk_size)
-
-
-def _slice(value: str) -> slice:
-    start, sep, stop = value.partition(":")
-    if not sep:
-        raise ValueError(value)
-    return slice(int(start) if start else None, int(stop) if stop else None)
-
-
-def parse_region(text: str) -> dict[str, slice] | str:
-    """``"time=0:100,lat=0:60"`` or ``"auto"``."""
-    if text.strip() == "auto":
-        return "auto"
-    return _kv(text, "--region", _slice)
+_FMT = argparse.RawDescriptionHelpFormatter
 
 
 def _names(text: str) -> list[str]:
     return [n.strip() for n in text.split(",") if n.strip()]
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
 
 
 def _add_template_options(p: argparse.ArgumentParser) -> None:
@@ -91,24 +70,99 @@ def _add_template_options(p: argparse.ArgumentParser) -> None:
         "--access-pattern",
         default="balanced",
         choices=["temporal", "spatial", "balanced"],
-        help="what chunks=auto optimises for (default: balanced)",
+        help="what --chunks auto optimises for (default: balanced)",
     )
     g.add_argument(
         "--compression",
         default="default",
         help="'default' (blosc zstd 3 shuffle), 'none', or e.g. blosc:lz4:5:bitshuffle, zstd:3",
     )
+    g.add_argument(
+        "--packing",
+        type=json_object("--packing"),
+        help='JSON, e.g. \'{"t2m": {"bits": 16, "valid_range": [180, 340]}}\'',
+    )
     g.add_argument("--zarr-format", type=int, choices=[2, 3], default=3)
     g.add_argument("--engine", help="xarray engine to open sources with (default: guessed)")
+    g.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        help="fsspec options of the target as JSON, e.g. '{\"anon\": false}'",
+    )
+
+
+#: Flags of keywords that ``convert`` may or may not have: added when its signature has them.
+_CONVERT_OPTIONAL: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    (
+        "executor",
+        "--executor",
+        {
+            "choices": ["threads", "processes"],
+            "help": "where tasks run "
+            "without --scheduler: threads of this process (default) or a process pool",
+        },
+    ),
+    ("shards", "--shards", {"type": parse_chunks, "help": "shard sizes, e.g. time=365"}),
+    (
+        "extend",
+        "--extend",
+        {
+            "action": "store_true",
+            "help": "grow the archive along time to take sources past its end",
+        },
+    ),
+    (
+        "template_packing",
+        "--template-packing",
+        {
+            "choices": ["auto", "first", "scan", "float"],
+            "help": "packing of float variables whose sources are packed integers (default auto)",
+        },
+    ),
+    (
+        "encoding",
+        "--encoding",
+        {
+            "type": json_object("--encoding"),
+            "help": 'per-variable encoding as JSON, e.g. \'{"t2m": {"dtype": "float32"}}\'',
+        },
+    ),
+    (
+        "open_kwargs",
+        "--open-kwargs",
+        {"type": json_object("--open-kwargs"), "help": "keywords of xarray.open_dataset as JSON"},
+    ),
+    (
+        "source_storage_options",
+        "--source-storage-options",
+        {
+            "type": json_object("--source-storage-options"),
+            "help": "fsspec options of the sources as JSON",
+        },
+    ),
+)
+
+
+def _convert_keywords() -> set[str]:
+    from .convert import convert
+
+    return set(inspect.signature(convert).parameters)
 
 
 def _add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
         help="convert many sources into one archive, in parallel, resumably",
+        formatter_class=_FMT,
         description=(
-            "Convert sources (paths, glob patterns, fsspec URLs) into one Zarr archive. Work "
+            "Convert sources (paths, glob patterns, fsspec URLs) into one Zarr archive. Work\n"
             "is planned by output chunks; a re-run writes only what is missing."
+        ),
+        epilog=_examples(
+            "xarray-zarrwrite convert 't2m_*.nc' archive.zarr --chunks time=30",
+            "xarray-zarrwrite convert 's3://bucket/era5/*.nc' s3://bucket/era5.zarr \\",
+            "    --source-storage-options '{\"anon\": true}' --json report.json",
+            "xarray-zarrwrite convert 't2m_*.nc' archive.zarr --json - | jq .status",
         ),
     )
     p.add_argument("paths", nargs="+", metavar="PATH", help="SOURCE [SOURCE ...] STORE")
@@ -117,8 +171,8 @@ def _add_convert(sub: Any) -> None:
     g.add_argument("--variables", type=_names, help="data variables to convert (a,b,c)")
     g.add_argument("--drop-variables", type=_names, help="data variables to leave out")
     g = p.add_argument_group("execution")
-    g.add_argument("--scheduler", help="dask scheduler address (default: a local process pool)")
-    g.add_argument("--workers", type=int, help="local worker processes (0: in this process)")
+    g.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
+    g.add_argument("--workers", type=int, help="workers (0: tasks run one by one, in order)")
     g.add_argument("--memory-limit", help="memory per worker, e.g. 4GB")
     g.add_argument("--no-resume", action="store_true", help="replace the target, start over")
     g.add_argument(
@@ -127,8 +181,16 @@ def _add_convert(sub: Any) -> None:
         default=3,
         help="extra attempts of a store write or a task after a transient error (default 3)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g.add_argument("--json", metavar="FILE", help="write the report as JSON ('-': stdout)")
+    known = _convert_keywords()
+    for keyword, flag, kw in _CONVERT_OPTIONAL:
+        if keyword in known:
+            g.add_argument(flag, dest=keyword, **kw)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars (on stderr)")
+    g.add_argument(
+        "--json",
+        metavar="FILE",
+        help="write the report as JSON ('-': stdout, then everything else goes to stderr)",
+    )
     p.set_defaults(func=_cmd_convert)
 
 
@@ -136,35 +198,38 @@ def _add_check(sub: Any) -> None:
     p = sub.add_parser(
         "check",
         help="report unwritten chunks (exit 3 if incomplete)",
+        formatter_class=_FMT,
         description="Report which chunks of which variables are unwritten, as time ranges.",
+        epilog=_examples(
+            "xarray-zarrwrite check archive.zarr",
+            "xarray-zarrwrite check archive.zarr --plot map.png --json status.json",
+        ),
     )
     p.add_argument("store", help="the archive: path or fsspec URL")
-    p.add_argument("--time-dim", default="time")
+    p.add_argument("--time-dim", default="time", help="dimension to report ranges along")
     p.add_argument("--variables", type=_names, help="variables to check (default: all data)")
+    p.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        help="fsspec options of the archive as JSON",
+    )
     p.add_argument("--json", metavar="FILE", help="write the result as JSON ('-': stdout)")
+    p.add_argument(
+        "--plot", metavar="PNG", help="draw the completeness map into an image (matplotlib)"
+    )
     p.set_defaults(func=_cmd_check)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``xarray-zarrwrite``."""
-    from . import __version__
-
-    parser = argparse.ArgumentParser(
-        prog="xarray-zarrwrite",
-        description="Fast, parallel and safe writes of xarray datasets to Zarr.",
-        epilog=(
-            "Exit status: 0 success (archive complete), 1 failure, 2 usage error or invalid "
-            "input (nothing written), 3 incomplete (time steps missing)."
-        ),
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_template(sub: Any) -> None:
     p = sub.add_parser(
         "template",
         help="write a metadata-only template spanning the full extent",
+        formatter_class=_FMT,
         description="Write a metadata-only Zarr template from an example source (one file).",
+        epilog=_examples(
+            "xarray-zarrwrite template t2m_2000-01.nc archive.zarr \\",
+            "    --global-end 2009-12-31 --chunks time=30,lat=-1,lon=-1",
+        ),
     )
     p.add_argument("source", help="example data: a NetCDF/Zarr path or URL")
     p.add_argument("store", help="target: path or fsspec URL")
@@ -172,10 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace what the target holds")
     p.set_defaults(func=_cmd_template)
 
+
+def _add_write_region(sub: Any) -> None:
     p = sub.add_parser(
         "write-region",
         help="write one source into its region of a template",
+        formatter_class=_FMT,
         description="Validate a source against the template and write it into its region.",
+        epilog=_examples(
+            "xarray-zarrwrite write-region t2m_2000-02.nc archive.zarr",
+            "xarray-zarrwrite write-region part.nc archive.zarr --region time=0:30",
+        ),
     )
     p.add_argument("source", help="the data: a NetCDF/Zarr path or URL")
     p.add_argument("store", help="the template: path or fsspec URL")
@@ -192,25 +264,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--on-out-of-range", choices=["raise", "clip"], default="raise")
     p.add_argument("--engine", help="xarray engine to open the source with")
+    p.add_argument(
+        "--storage-options",
+        type=json_object("--storage-options"),
+        help="fsspec options of the template as JSON",
+    )
     p.set_defaults(func=_cmd_write_region)
 
-    _add_convert(sub)
-    _add_check(sub)
 
+def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="convert generated monthly NetCDF files and compare with xarray",
+        formatter_class=_FMT,
         description=(
-            "Generate monthly NetCDF files, convert them with a local process pool, verify the "
-            "archive bit for bit and time it against xarray's open_mfdataset().to_zarr()."
+            "Generate monthly NetCDF files, convert them, verify the archive bit for bit and\n"
+            "time it against xarray's open_mfdataset().to_zarr(). With --data-only, only\n"
+            "write the sample files the documentation uses."
+        ),
+        epilog=_examples(
+            "xarray-zarrwrite demo",
+            "xarray-zarrwrite demo --data-only data/        # t2m_2000-01.nc ... t2m_2000-12.nc",
         ),
     )
     p.add_argument("--dir", help="work directory (default: a temporary one, removed)")
+    p.add_argument("--data-only", metavar="DIR", help="only write the sample NetCDF files into DIR")
     p.add_argument("--months", type=int, default=12, help="monthly files (default 12)")
     p.add_argument("--nlat", type=int, default=120)
     p.add_argument("--nlon", type=int, default=240)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``xarray-zarrwrite``."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="xarray-zarrwrite",
+        formatter_class=_FMT,
+        description="Fast, parallel and safe writes of xarray datasets to Zarr.",
+        epilog=(
+            "exit status: 0 success (archive complete), 1 failure, 2 usage error or invalid\n"
+            "input (nothing written), 3 incomplete (time steps missing), 130 interrupted.\n\n"
+            + _examples(
+                "xarray-zarrwrite demo --data-only data/",
+                "xarray-zarrwrite convert 'data/t2m_*.nc' archive.zarr --chunks time=30",
+                "xarray-zarrwrite check archive.zarr --plot map.png",
+            )
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_template(sub)
+    _add_write_region(sub)
+    _add_convert(sub)
+    _add_check(sub)
+    _add_demo(sub)
     return parser
 
 
@@ -222,17 +333,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     from .errors import InputError, ZarrWriteError
 
+    interrupts = Interrupts()
     try:
-        return int(args.func(args))
+        with interrupts.watching():
+            return int(args.func(args))
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
-    except (ZarrWriteError, FileNotFoundError, ValueError, TypeError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILED
+        return _error(args, e, EXIT_USAGE)
+    except (ZarrWriteError, OSError, ValueError, TypeError, KeyError) as e:
+        return _error(args, e, EXIT_FAILED)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        n = interrupts.cancelled
+        tasks = f"{n} tasks cancelled" if n is not None else "stopped"
+        print(f"interrupted: {tasks}; re-run the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _error(args: argparse.Namespace, e: BaseException, code: int) -> int:
+    """Print ``e`` for shell users (flags, not keywords; stores as given) and return ``code``."""
+    stores: dict[str, str] = {}
+    store = getattr(args, "store", None) or (
+        args.paths[-1] if getattr(args, "paths", None) else None
+    )
+    if isinstance(store, str):
+        stores = store_texts(store, getattr(args, "storage_options", None))
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    print(f"error: {for_shell(text, stores)}", file=sys.stderr)
+    return code
 
 
 # -- subcommands ------------------------------------------------------------------------------
@@ -240,10 +366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _open(source: str, engine: str | None) -> Any:
     from .convert._sources import expand_sources, open_source
+    from .errors import SourceError
 
     specs = expand_sources(source, engine=engine)
     if len(specs) != 1:
-        raise ValueError(f"{source!r} matches {len(specs)} sources; give exactly one")
+        raise SourceError(f"{source!r} matches {len(specs)} sources; give exactly one")
     return open_source(specs[0])
 
 
@@ -266,7 +393,9 @@ def _cmd_template(args: argparse.Namespace) -> int:
             chunks=args.chunks,
             access_pattern=args.access_pattern,
             compression=_compression(args.compression),
+            packing=args.packing,
             zarr_format=args.zarr_format,
+            storage_options=args.storage_options,
             mode="w" if args.overwrite else "w-",
         )
     finally:
@@ -287,6 +416,7 @@ def _cmd_write_region(args: argparse.Namespace) -> int:
             region=args.region,
             safe_chunks=not args.unsafe_chunks,
             on_out_of_range=args.on_out_of_range,
+            storage_options=args.storage_options,
         )
     finally:
         ds.close()
@@ -300,44 +430,55 @@ def _cmd_write_region(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _convert_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "time_dim": args.time_dim,
+        "global_start": args.global_start,
+        "global_end": args.global_end,
+        "freq": args.freq,
+        "chunks": args.chunks,
+        "access_pattern": args.access_pattern,
+        "compression": _compression(args.compression),
+        "packing": args.packing,
+        "variables": args.variables,
+        "drop_variables": args.drop_variables,
+        "client": args.scheduler,
+        "max_workers": args.workers,
+        "memory_limit": args.memory_limit,
+        "resume": not args.no_resume,
+        "retries": args.retries,
+        "progress": not args.no_progress,
+        "summary": False,  # printed by the command
+        "engine": args.engine,
+        "storage_options": args.storage_options,
+        "zarr_format": args.zarr_format,
+        "raise_on_failure": False,
+    }
+    for keyword, _, _ in _CONVERT_OPTIONAL:
+        value = getattr(args, keyword, None)
+        if value not in (None, False):
+            kwargs[keyword] = value
+    return kwargs
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
+    from .errors import SourceError
 
     if len(args.paths) < 2:
-        print(
-            "error: convert takes SOURCE [SOURCE ...] STORE: give at least one source",
-            file=sys.stderr,
+        raise SourceError(
+            "convert takes SOURCE [SOURCE ...] STORE: give at least one source before the store"
         )
-        return EXIT_USAGE
     *sources, store = args.paths
-    report = convert(
-        sources,
-        store,
-        time_dim=args.time_dim,
-        global_start=args.global_start,
-        global_end=args.global_end,
-        freq=args.freq,
-        chunks=args.chunks,
-        access_pattern=args.access_pattern,
-        compression=_compression(args.compression),
-        variables=args.variables,
-        drop_variables=args.drop_variables,
-        client=args.scheduler,
-        max_workers=args.workers,
-        memory_limit=args.memory_limit,
-        resume=not args.no_resume,
-        retries=args.retries,
-        progress=not args.no_progress,
-        summary=False,  # printed below, on stdout
-        engine=args.engine,
-        zarr_format=args.zarr_format,
-        raise_on_failure=False,
-    )
-    print(report.summary())
+    to_stdout = args.json == "-"
+    out = sys.stderr if to_stdout else sys.stdout
+    with stdout_to_stderr() if to_stdout else contextlib.nullcontext():
+        report = convert(sources, store, **_convert_kwargs(args))
+        print(report.summary(), file=out, flush=True)
     if args.json:
-        out = dataclasses.asdict(report)
-        out["status"], out["ok"] = report.status, report.ok
-        _dump(out, args.json)
+        doc = dataclasses.asdict(report)
+        doc["status"], doc["ok"] = report.status, report.ok
+        _dump(doc, args.json)
     return {"complete": EXIT_OK, "incomplete": EXIT_INCOMPLETE}.get(report.status, EXIT_FAILED)
 
 
@@ -345,10 +486,14 @@ def _cmd_check(args: argparse.Namespace) -> int:
     from ._check import PARTIAL_ATTR, check, read_record
     from ._store import resolve_store
 
-    status = check(args.store, time_dim=args.time_dim, variables=args.variables)
-    print(status.summary())
+    opts = args.storage_options
+    status = check(
+        args.store, time_dim=args.time_dim, variables=args.variables, storage_options=opts
+    )
+    out = sys.stderr if args.json == "-" else sys.stdout
+    print(status.summary(), file=out)
     # chunks convert wrote with fill values where no source had data (see PARTIAL_ATTR)
-    record = read_record(resolve_store(args.store))
+    record = read_record(resolve_store(args.store, storage_options=opts))
     if args.variables:
         record = {v: c for v, c in record.items() if v in args.variables}
     partial = {v: c for v, c in record.items() if c}
@@ -356,19 +501,42 @@ def _cmd_check(args: argparse.Namespace) -> int:
         labels = sorted(t for missing in chunks.values() for t in missing)
         print(
             f"  {name}: {len(chunks)} partial chunk(s) ({PARTIAL_ATTR}), {len(labels)} "
-            f"missing step(s): {labels[0]} .. {labels[-1]}"
+            f"missing step(s): {labels[0]} .. {labels[-1]}",
+            file=out,
         )
+    if args.plot:
+        _save_plot(status, args.plot)
+        print(f"completeness map: {args.plot}", file=out)
     complete = status.complete and not partial
     if args.json:
-        out = dataclasses.asdict(status)
-        out["complete"] = complete
-        out["missing"] = status.missing
-        out["partial"] = partial
-        _dump(out, args.json)
+        doc = {f.name: getattr(status, f.name) for f in dataclasses.fields(status)}
+        doc.pop("indexes", None)
+        doc = json.loads(json.dumps(doc, default=_plain))
+        doc["complete"] = complete
+        doc["missing"] = status.missing
+        doc["partial"] = partial
+        _dump(doc, args.json)
     return EXIT_OK if complete else EXIT_INCOMPLETE
 
 
+def _save_plot(status: Any, path: str) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")  # files only: never a window
+    ax = status.plot()
+    import matplotlib.pyplot as plt
+
+    try:
+        ax.figure.savefig(path, dpi=110)
+    finally:
+        plt.close(ax.figure)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.data_only:
+        from .testing import sample_files
+
+        paths = sample_files(args.data_only, months=args.months)
+        print(f"wrote {len(paths)} sample file(s): {paths[0]} .. {paths[-1]}")
+        return EXIT_OK
     from .demo import run_demo
 
     ok = run_demo(
@@ -381,10 +549,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _plain(obj: Any) -> Any:
+    """JSON for what ``json`` does not know: dataclasses, tuples, dates."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    return str(obj)
+
+
 def _dump(obj: Any, where: str) -> None:
-    text = json.dumps(obj, indent=2, default=str)
+    text = json.dumps(obj, indent=2, default=_plain)
     if where == "-":
-        print(text)
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
     else:
         with open(where, "w", encoding="utf-8") as f:
             f.write(text + "\n")

@@ -16,6 +16,7 @@ Where a builtin fits better an error also derives from it (``StoreExistsError`` 
 from __future__ import annotations
 
 __all__ = [
+    "BudgetTooSmallError",
     "ChunkSpecError",
     "ConvertOptionError",
     "DuplicateSourceError",
@@ -24,12 +25,20 @@ __all__ = [
     "SourceNotFoundError",
     "SourceTypeError",
     "TemplateChangedError",
+    "ArchiveMismatchError",
     "CodecError",
+    "CommitConflictError",
+    "IcechunkTargetError",
+    "LayoutError",
+    "MainGuardError",
+    "PartialChunkWarning",
     "CompressionError",
     "DimensionMismatchError",
     "DtypeCastError",
+    "ExtentError",
     "InputError",
     "InvalidNameError",
+    "MissingDependencyError",
     "PackingError",
     "ReadOnlyStoreError",
     "RegionAlignmentError",
@@ -83,6 +92,16 @@ class ReadOnlyStoreError(InputError, PermissionError):
 
 class TemplateNotFoundError(InputError, FileNotFoundError):
     """No template (Zarr group) exists at the target of a region write."""
+
+
+class ExtentError(InputError):
+    """An :func:`~xarray_zarrwrite.extend` would shrink the axis, or ``until``/``steps`` is
+    invalid or off the axis' step; nothing was changed."""
+
+
+class BudgetTooSmallError(InputError):
+    """``max_inflight_mb`` cannot hold the write units a stream step would open beside those
+    already open (only later steps complete them, so waiting cannot help); nothing queued."""
 
 
 class RegionError(InputError):
@@ -150,9 +169,46 @@ class ConvertOptionError(OptionError):
     ``retries``, ``max_workers``, ``start_method``)."""
 
 
+class MainGuardError(ConvertOptionError):
+    """A process pool was asked for from a script without an ``if __name__ == "__main__":``
+    guard: its workers would re-run the script (and the convert) on start-up."""
+
+
+class ArchiveMismatchError(TemplateError):
+    """A re-run asks for options (chunks, shards, compression, packing, encoding, zarr_format)
+    that differ from those of the archive it would resume; names each difference."""
+
+
+class LayoutError(RegionLabelError):
+    """A source does not fit the layout the sources make together (another grid, labels
+    another source holds for the same variable, a variable one member lacks); names the file."""
+
+
+class PartialChunkWarning(UserWarning):
+    """The archive's time extent ends (or starts) in the middle of a chunk."""
+
+
 class CodecError(InputError):
     """An encoded chunk is malformed, truncated or corrupted, or codec options are invalid."""
 
 
 class WriteFailedError(ZarrWriteError, OSError):
     """A write failed after validation (store I/O error after retries, background failure)."""
+
+
+class CommitConflictError(WriteFailedError):
+    """An Icechunk commit conflicted with another commit to the same branch (same chunks or
+    metadata) after an automatic rebase; nothing was committed. ``branch`` and ``conflicts``
+    (array path -> what conflicted) name it."""
+
+    branch: str | None = None
+    conflicts: dict[str, list[str]] = {}  # replaced per instance
+
+
+class IcechunkTargetError(InputError):
+    """An Icechunk target was given with options it cannot take (``branch=``/``message=`` with
+    a Session, an unknown branch, ``compute=False``); nothing was written."""
+
+
+class MissingDependencyError(ZarrWriteError, ImportError):
+    """An optional dependency a feature needs is not installed (the message names the extra)."""

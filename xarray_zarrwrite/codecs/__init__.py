@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from xarray_zarrwrite.codecs._format import read_header as read_header
 from xarray_zarrwrite.codecs._kernels import decode_chunk as decode_chunk
 from xarray_zarrwrite.codecs._kernels import encode_chunk as encode_chunk
-from xarray_zarrwrite.codecs._kernels import read_header as read_header
 from xarray_zarrwrite.codecs.bitpack import BitpackCodec as BitpackCodec
 from xarray_zarrwrite.codecs.bitpack_v2 import Bitpack as Bitpack
 from xarray_zarrwrite.codecs.partial import (

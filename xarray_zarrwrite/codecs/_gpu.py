@@ -3,7 +3,7 @@
 CuPy is imported lazily, on the first call. The quantisation runs as separate CuPy array
 operations, one IEEE float64 operation per kernel, exactly as the NumPy kernels do, so no
 fused multiply-add can change a rounding; the width/scale choice is the same host-side
-:func:`~xarray_zarrwrite.codecs._kernels.plan_quantisation`, including the ``max_error``
+:func:`~xarray_zarrwrite.codecs._quant.plan_quantisation`, including the ``max_error``
 verification. Only the bit packing is a hand-written kernel (integer arithmetic, exact), one
 thread per output 32-bit word for packing and one per value for unpacking.
 
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xarray_zarrwrite.codecs._kernels import (
+from xarray_zarrwrite.codecs._format import (
     FLAG_NAN,
     FLAG_NEGINF,
     FLAG_POSINF,
@@ -27,14 +27,12 @@ from xarray_zarrwrite.codecs._kernels import (
     BitpackHeader,
     Infinities,
     Layout,
-    QuantPlan,
     check_expected,
     pack_header,
     parse_header,
     parse_options,
-    plan_quantisation,
-    special_flags,
 )
+from xarray_zarrwrite.codecs._quant import QuantPlan, plan_quantisation, special_flags
 from xarray_zarrwrite.errors import CodecError
 
 if TYPE_CHECKING:
@@ -183,7 +181,7 @@ def _scan(x: Any, infinities: Infinities) -> tuple[float, float, int]:
 
 
 def _quantise(x: Any, plan: QuantPlan) -> Any:
-    """uint32 codes, with the operations (and roundings) of ``_kernels._quantise_block``."""
+    """uint32 codes, with the operations (and roundings) of ``_quant._quantise_block``."""
     cp = _cupy()
     if plan.scale == 0:
         t = cp.zeros(x.size, dtype=cp.float64)
@@ -203,7 +201,7 @@ def _quantise(x: Any, plan: QuantPlan) -> Any:
 def _dequantise(
     codes: Any, nbits: int, reference: float, scale: float, specials: Any, dtype: np.dtype
 ) -> Any:
-    """Float values of ``codes`` (same operations as ``_kernels._finish_block``)."""
+    """Float values of ``codes`` (same operations as ``_quant._finish_block``)."""
     cp = _cupy()
     t = codes.astype(cp.float64)
     t *= scale

@@ -4,7 +4,7 @@ The codec is an :class:`~zarr.abc.codec.ArrayBytesCodec` (it replaces the ``byte
 an array) registered under the name ``"xarray_zarrwrite.bitpack"``, both through the
 ``zarr.codecs`` entry point declared in ``pyproject.toml`` (so any process with the package
 installed can read the data without importing it) and by :func:`zarr.registry.register_codec`
-when this module is imported. The math lives in :mod:`xarray_zarrwrite.codecs._kernels`; see
+when this module is imported. The math lives in :mod:`xarray_zarrwrite.codecs._kernels` (and its modules); see
 ``docs/packing.md`` for the byte layout and the error guarantees.
 """
 
@@ -18,15 +18,8 @@ import numpy as np
 from zarr.abc.codec import ArrayBytesCodec
 
 from xarray_zarrwrite._compat import parse_named_configuration, register_codec
-from xarray_zarrwrite.codecs._kernels import (
-    INFINITIES,
-    LAYOUTS,
-    Infinities,
-    Layout,
-    decode_chunk,
-    encode_chunk_u8,
-    parse_options,
-)
+from xarray_zarrwrite.codecs._format import INFINITIES, LAYOUTS, Infinities, Layout, parse_options
+from xarray_zarrwrite.codecs._kernels import decode_chunk, encode_chunk_u8
 from xarray_zarrwrite.errors import CodecError
 
 if TYPE_CHECKING:

@@ -24,13 +24,8 @@ import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_contiguous_ndarray, ensure_ndarray_like, ndarray_copy
 
-from xarray_zarrwrite.codecs._kernels import (
-    Infinities,
-    Layout,
-    decode_chunk,
-    encode_chunk_u8,
-    parse_options,
-)
+from xarray_zarrwrite.codecs._format import Infinities, Layout, parse_options
+from xarray_zarrwrite.codecs._kernels import decode_chunk, encode_chunk_u8
 from xarray_zarrwrite.errors import CodecError
 
 if TYPE_CHECKING:

@@ -32,6 +32,8 @@ __all__ = [
     "check_packed_values",
     "needs_range_check",
     "packing_encodings",
+    "storable_range",
+    "template_encoding",
 ]
 
 OnOutOfRange = Literal["raise", "clip"]
@@ -176,13 +178,9 @@ def check_packed_range(
     """
     if on_out_of_range not in ("raise", "clip"):
         raise PackingError(f"on_out_of_range must be 'raise' or 'clip', got {on_out_of_range!r}")
-    enc = dict(target.encoding)
-    enc["dtype"] = target.stored_dtype
     if var.dtype.kind in "mM":
-        return _check_times(name, var, enc)
-    for key in ("valid_min", "valid_max"):
-        if key in target.attrs:
-            enc[key] = target.attrs[key]
+        return _check_times(name, var, {**target.encoding, "dtype": target.stored_dtype})
+    enc = template_encoding(target)
     if not needs_range_check(var.dtype, enc):
         return var
     if var.chunks is not None:
@@ -195,6 +193,16 @@ def check_packed_range(
     return var.copy(
         deep=False, data=check_packed_values(var.values, enc, on_out_of_range, name=name)
     )
+
+
+def template_encoding(target: ArrayInfo) -> dict[str, Any]:
+    """The encoding values are checked against: the template's CF encoding, its stored dtype
+    and its ``valid_min``/``valid_max`` attributes."""
+    enc = {**target.encoding, "dtype": target.stored_dtype}
+    for key in ("valid_min", "valid_max"):
+        if key in target.attrs:
+            enc[key] = target.attrs[key]
+    return enc
 
 
 def _check_times(name: str, var: xr.Variable, enc: dict[str, Any]) -> xr.Variable:
@@ -236,8 +244,9 @@ def check_packed_values(
     ``_FillValue``, ``missing_value``, ``valid_min``, ``valid_max``. Each value is encoded as
     xarray does (``round((x - add_offset) / scale_factor)``) and must give a code the stored
     dtype holds, other than the fill value (it would read back as missing), and lie within
-    ``valid_min``..``valid_max`` when given. NaN must have a ``_FillValue`` (or
-    ``missing_value``) to be stored as; it never becomes a number.
+    ``valid_min``..``valid_max`` when given (packed: within half a quantum of them). NaN
+    must have a ``_FillValue`` (or ``missing_value``) to be stored as; it never becomes a
+    number.
 
     Returns the values, clipped into range with ``on_out_of_range="clip"``.
 
@@ -266,8 +275,11 @@ def check_packed_values(
     clo, chi = _code_limits(stored, fill)
     bad = _bad_codes(x, stored, scale, offset, fill, clo, chi)
     vlo, vhi = float(encoding.get("valid_min", -np.inf)), float(encoding.get("valid_max", np.inf))
+    # packed: a value within half a quantum of valid_min/valid_max is stored as the limit's
+    # code (a source's own decoding may land a rounding error beyond its nominal range)
+    slack = abs(scale) / 2 if stored.kind in "iu" and "scale_factor" in encoding else 0.0
     with np.errstate(invalid="ignore"):
-        bad |= (x < vlo) | (x > vhi)
+        bad |= (x < vlo - slack) | (x > vhi + slack)
     if not bad.any():
         return x
     a, b = clo * scale + offset, chi * scale + offset
@@ -284,6 +296,18 @@ def check_packed_values(
         "back as missing. Pass on_out_of_range='clip' to clip them, or make a template with "
         "a wider valid_range"
     )
+
+
+def storable_range(encoding: Mapping[str, Any]) -> tuple[float, float]:
+    """The smallest and largest value an integer or packed ``encoding`` stores (codes other
+    than the fill value, within ``valid_min``/``valid_max``)."""
+    stored = np.dtype(encoding.get("dtype", "f8"))
+    scale = float(encoding.get("scale_factor", 1.0))
+    offset = float(encoding.get("add_offset", 0.0))
+    clo, chi = _code_limits(stored, encoding.get("_FillValue", encoding.get("missing_value")))
+    a, b = clo * scale + offset, chi * scale + offset
+    vlo, vhi = float(encoding.get("valid_min", -np.inf)), float(encoding.get("valid_max", np.inf))
+    return max(min(a, b), vlo), min(max(a, b), vhi)
 
 
 def _missing(fill: Any) -> bool:

@@ -30,15 +30,18 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from .._check import existing_chunks
 from .._compat import sync
+from .._extend import extend as extend_template
+from .._icechunk import merge_task_changes, task_store, transactional
 from .._open import load_template
 from .._store import ensure_writable, resolve_store
 from .._template import to_template
@@ -48,23 +51,26 @@ from ..errors import (
     SourceError,
     SourceNotFoundError,
     SourceTypeError,
-    TemplateError,
     TemplateNotFoundError,
     WriteFailedError,
 )
-from ._executors import (
-    WORKER_BASELINE,
-    _Capacity,
-    _DaskRunner,
-    _make_runner,
-    _ProcessRunner,
-    _SerialRunner,
-    parse_memory_limit,
+from ._executors import Runner, _make_runner
+from ._index_store import attach as attach_index
+from ._index_store import load_saved
+from ._index_store import save as save_index
+from ._layout import (
+    apply_preprocess,
+    covered_by_variable,
+    plan_layout,
+    with_layout_variables,
 )
+from ._memory import _Capacity, fit_slots, parse_memory_limit, task_budget
+from ._packing import check_reused_template, plan_new_template, validate_encoding
 from ._partial import PARTIAL_ATTR, PartialState, read_record, write_record
 from ._placement import Reference, _infer_axis, check_calendars, place_sources
 from ._plan import MAX_TASK_BYTES, PEAK_FACTOR, Plan, Task, _runs, plan_tasks
 from ._report import ConvertReport, SourceOutcome, TaskFailure, WorkerStats, _report
+from ._rerun import check_rerun, warn_partial_last_chunk
 from ._sources import (
     SourceSchema,
     SourceSpec,
@@ -102,6 +108,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+@transactional("convert")
 def convert(
     sources: Any,
     store: StoreLike,
@@ -111,15 +118,21 @@ def convert(
     global_end: Any = None,
     freq: str | pd.DateOffset | None = None,
     chunks: Mapping[str, int | None] | str | None = None,
+    shards: Mapping[str, int | None] | str | None = None,
     access_pattern: str = "balanced",
     compression: Any = "default",
     packing: Mapping[str, Any] | None = None,
+    encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    template_packing: str = "auto",
     variables: Sequence[str] | None = None,
     drop_variables: Sequence[str] | None = None,
+    preprocess: Callable[[xr.Dataset], xr.Dataset] | None = None,
     client: Any = None,
+    executor: str | None = None,
     max_workers: int | None = None,
     memory_limit: int | str | None = None,
     resume: bool = True,
+    extend: bool = False,
     retries: int = 3,
     progress: bool = True,
     summary: bool | None = None,
@@ -127,9 +140,11 @@ def convert(
     open_kwargs: Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     source_storage_options: Mapping[str, Any] | None = None,
-    zarr_format: int = 3,
+    zarr_format: int | None = None,
     start_method: str | None = None,
     raise_on_failure: bool = True,
+    branch: str | None = None,
+    message: str | None = None,
 ) -> ConvertReport:
     """Convert many sources (NetCDF, Zarr, ... files or Datasets) into one Zarr archive.
 
@@ -145,23 +160,58 @@ def convert(
         ``xr.Dataset``, or a list of them, in any order. Every source must hold the same
         variables on the same grid; time steps may not overlap.
     store
-        The target: path, fsspec URL or zarr Store.
+        The target: path, fsspec URL or zarr Store; or an Icechunk ``Repository``
+        (the whole run is one commit to ``branch``, made only when no task failed) or
+        ``Session`` (written to; the caller commits). See :doc:`/icechunk`.
     time_dim
         The dimension the sources are split along.
     global_start, global_end, freq
         Extent and step of the archive's time axis (default: the sources' union, the step
         inferred from their labels). Ignored when an existing template is reused.
-    chunks, access_pattern, compression, packing, zarr_format
+    chunks, shards, access_pattern, compression, packing, zarr_format
         The template's layout, as for :func:`~xarray_zarrwrite.to_template` (``packing``
         without a ``valid_range`` reads the first source's data on the client for its range).
+    encoding
+        ``{variable: {key: value}}`` with xarray semantics: it *replaces* the variable's
+        encoding inherited from the first source (``dtype``, ``scale_factor``,
+        ``add_offset``, ``_FillValue``, ``missing_value``, ``units``/``calendar`` of times,
+        ``compressors``, ``serializer``, ``filters``, and ``chunks``, which must agree with
+        ``chunks=`` along each dimension). Checked before anything is read or written.
+        An existing template that is reused must already have what it asks for (else
+        ``ConvertOptionError``).
+    template_packing
+        The packing of float variables whose sources are packed (integers with their own
+        ``scale_factor``/``add_offset``, as CDS/ERA5 files are), unless ``encoding`` or
+        ``packing`` names them. Every source is decoded with its own packing and re-encoded
+        into the template's. ``"first"``: the first source's packing; a later source whose
+        values do not fit is refused, naming the file and its value range, before anything
+        is written. ``"scan"``: scale and offset from a scan of every source's values (in
+        parallel; reads the sources once more), in the widest integer dtype of the sources.
+        ``"float"``: the decoded floats, unpacked. ``"auto"`` (default): ``"first"`` when all
+        sources share one packing (no scan needed), ``"scan"`` when they are packed
+        differently (no source is refused and the archive keeps the sources' size),
+        ``"float"`` when some are packed and some are floats (no source loses precision).
+        See :doc:`/packing`.
     variables, drop_variables
         Data variables to convert (default all), and ones to leave out.
+    preprocess
+        A function applied to each source, opened lazily as an ``xr.Dataset``, before it is
+        placed (rename variables, promote a scalar coordinate, fix attributes); it returns
+        the Dataset to convert. It runs on the client as the sources are opened and must be
+        picklable for ``executor="processes"`` and dask (a module-level function, not a
+        lambda, to be safe). Sources so changed are read through xarray, not by byte range.
     client
-        A ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``) to run on;
-        None runs a local process pool.
+        A ``distributed.Client`` or a scheduler address (``"tcp://host:8786"``) to run on.
+    executor
+        Where tasks run without a client: ``"threads"`` (the default: threads of this
+        process; reading and compressing release the GIL, nothing to start, no main guard
+        needed), ``"processes"`` (a local pool of worker processes; the script must keep its
+        work under ``if __name__ == "__main__":``, else
+        :class:`~xarray_zarrwrite.errors.MainGuardError`) or ``"serial"`` (one task after
+        another in this thread).
     max_workers
-        Processes of the local pool (default ``min(2, cpu_count)``; ``0`` runs serially in
-        this process). Ignored with a client.
+        Threads or processes (default: the CPUs this process may use for threads,
+        ``min(2, cpus)`` for processes; ``0`` runs serially). Ignored with a client.
     memory_limit
         Memory per worker (``"4GB"``, bytes): tasks are sized and concurrency capped so that
         estimated peaks stay below it. Default: a dask worker's own limit, or the machine's
@@ -169,6 +219,10 @@ def convert(
     resume
         Reuse an existing template and skip tasks whose chunks all exist (after a crash, only
         what is missing is written). False replaces whatever the store holds.
+    extend
+        With an existing template (``resume``): grow its time axis first (see
+        :func:`~xarray_zarrwrite.extend`) so that sources past its end fit; a write unit
+        partial at the old end is completed by merging the stored part with the new.
     retries
         Extra attempts after a transient error, counted once: a store put that keeps failing
         transiently is tried ``retries + 1`` times in all (by the write path, with exponential
@@ -185,11 +239,14 @@ def convert(
     storage_options, source_storage_options
         fsspec options of the target and of URL sources.
     start_method
-        How the local pool starts workers: ``"forkserver"`` (default where available) or
-        ``"spawn"``; never ``"fork"``.
+        How the process pool starts workers: ``"forkserver"`` (default where available) or
+        ``"spawn"``; never ``"fork"``. Given without ``executor``, it asks for processes.
     raise_on_failure
         Raise :class:`~xarray_zarrwrite.errors.WriteFailedError` (with the report as its
         ``report`` attribute) when a task failed. With False, check ``report.status``.
+    branch, message
+        With an Icechunk ``Repository``: the branch to commit to (default ``"main"``) and
+        the commit message.
 
     Returns
     -------
@@ -221,6 +278,7 @@ def convert(
         missing.
     """
     t_start = time.perf_counter()
+    user_encoding = validate_encoding(encoding, template_packing)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConvertOptionError(
             f"retries must be a non-negative integer (extra attempts), got {retries!r}"
@@ -235,31 +293,52 @@ def convert(
         "global_end": global_end,
         "freq": freq,
         "chunks": chunks,
+        "shards": shards,
         "access_pattern": access_pattern,
         "compression": compression,
         "packing": packing,
+        "encoding": user_encoding,
+        "template_packing": template_packing,
         "zarr_format": zarr_format,
     }
+    specs, preprocessed = apply_preprocess(specs, preprocess)  # closed at the end
     # local workers start (and warm up on the first source) while the client scans
-    runner = _make_runner(client, max_workers, start_method, specs[0])
+    try:
+        runner = _make_runner(client, max_workers, start_method, specs[0], executor)
+    except BaseException:
+        for ds in preprocessed:
+            ds.close()
+        raise
     run_id = uuid.uuid4().hex
     try:
-        schemas = _scan_all(runner, specs, (time_dim, variables, drop_variables, run_id))
+        specs = load_saved(target, specs) if resume else specs  # the index of an earlier run
+        schemas = _scan_all(runner, specs, (time_dim, variables, drop_variables, run_id), progress)
         _log_phase("scanned %d source(s)", t_start, len(specs))
         check_calendars(schemas)  # before labels of different calendars are compared
         order = sorted(range(len(specs)), key=lambda i: schemas[i].times.min())
         specs, schemas = [specs[i] for i in order], [schemas[i] for i in order]
+        specs = attach_index(specs, schemas)  # tasks read indexed sources by byte range
         info, positions = _prepare_template(
-            target, specs, schemas, time_dim, variables, drop_variables, resume, template_kw
+            target,
+            specs,
+            schemas,
+            time_dim,
+            variables,
+            drop_variables,
+            resume,
+            template_kw,
+            runner,
+            grow=extend,
         )
         _log_phase("template ready", t_start)
+        save_index(target, specs)  # next to the archive: a resume does not index again
         run = _plan_run(runner, target, info, positions, schemas, time_dim, limit, resume)
         payloads = [
             _payload(
                 run_id,
                 t,
                 specs,
-                target_arg,
+                task_store(target_arg, runner),  # an Icechunk fork for other processes
                 storage_options,
                 time_dim,
                 variables,
@@ -274,12 +353,15 @@ def convert(
         if run.state.claim([p.task for p in payloads]):
             write_record(target, run.state.record)
         outcomes = runner.run(payloads, retries, progress)
+        merge_task_changes(target_arg, outcomes)
         ok = [t for t in run.plan.tasks if (o := outcomes.get(t.index)) is not None and o.ok]
         if run.state.done(ok):
             write_record(target, run.state.record)
         _log_phase("tasks finished", t_start)
     finally:
         runner.close(run_id)
+        for ds in preprocessed:
+            ds.close()
     _log_phase("workers stopped", t_start)
     report = _report(
         target=target,
@@ -340,28 +422,51 @@ def _prepare_template(
     drop_variables: Sequence[str] | None,
     resume: bool,
     template_kw: dict[str, Any],
+    runner: Any = None,
+    grow: bool = False,
 ) -> tuple[TemplateInfo, list[np.ndarray]]:
     """Validate every source against the existing template (reused with ``resume``) or make
     the template from the earliest source; every check runs before anything is written."""
     info = _existing_template(target) if resume else None
+    if info is not None and grow:  # extend=True: the axis first reaches the last source
+        last = max(s.times.max() for s in schemas)
+        if last > info.indexes[time_dim][-1]:
+            extend_template(target, time_dim, until=last, freq=template_kw["freq"], exist_ok=True)
+            info = load_template(target)
     if info is not None:
-        _check_reuse(info, template_kw["chunks"])
-        return info, place_sources(schemas, Reference.from_template(info, time_dim), time_dim)
+        # options given explicitly must be the archive's (else ArchiveMismatchError)
+        check_rerun(
+            info,
+            time_dim,
+            template_kw,
+            lambda: _example(specs[0], variables, drop_variables, time_dim, template_kw),
+        )
+        placed = place_sources(schemas, Reference.from_template(info, time_dim), time_dim)
+        check_reused_template(runner, specs, info, template_kw["encoding"])
+        return info, placed
     opened = open_source(specs[0])
     try:
         example = with_indexes(select_variables(opened, specs[0].label, variables, drop_variables))
         kw = dict(template_kw)
+        kw["zarr_format"] = kw["zarr_format"] or 3
         axis, freq = _infer_axis(
             example, schemas, time_dim, kw.pop("global_start"), kw.pop("global_end"), kw["freq"]
         )
-        place_sources(schemas, Reference.from_source(schemas[0], axis, time_dim), time_dim)
+        ref = Reference.from_source(schemas[0], axis, time_dim, schemas[1:])
+        place_sources(schemas, ref, time_dim)
         # the template needs the example's metadata and one step of data (read here, on the
         # client); packing without a valid_range takes its range from the whole first source
         if kw["packing"] is None:
             example = example.isel({time_dim: slice(0, 1)})
+        # files per variable: the variables the first source lacks, from their first sources
+        example = with_layout_variables(
+            example, specs, schemas, time_dim, kw["packing"] is None, (variables, drop_variables)
+        )
         kw["freq"] = freq
+        # the template's packing (template_packing=, encoding=); refuses sources that do not fit
+        example = plan_new_template(runner, specs, _load(example), kw, kw["zarr_format"])
         to_template(
-            _load(example),
+            example,
             target,
             time_dim=time_dim,
             global_start=axis[0],
@@ -373,7 +478,28 @@ def _prepare_template(
         if specs[0].dataset is None:
             opened.close()
     info = load_template(target)
+    if template_kw["global_end"] is not None:
+        warn_partial_last_chunk(info, time_dim, [n for n in info.arrays if n not in info.indexes])
     return info, place_sources(schemas, Reference.from_template(info, time_dim), time_dim)
+
+
+def _example(
+    spec: SourceSpec,
+    variables: Sequence[str] | None,
+    drop_variables: Sequence[str] | None,
+    time_dim: str,
+    template_kw: Mapping[str, Any],
+) -> xr.Dataset:
+    """The data a template is made from (one step, or all of the source with packing)."""
+    opened = open_source(spec)
+    try:
+        example = with_indexes(select_variables(opened, spec.label, variables, drop_variables))
+        if template_kw["packing"] is None:
+            example = example.isel({time_dim: slice(0, 1)})
+        return _load(example)
+    finally:
+        if spec.dataset is None:
+            opened.close()
 
 
 @dataclass(frozen=True)
@@ -398,16 +524,26 @@ def _plan_run(
     resume: bool,
 ) -> _Run:
     capacity = runner.capacity(limit)
+    held = {n for s in schemas for n in s.data_vars}  # a layout may split variables
     write_vars = [
         n
         for n, a in info.arrays.items()
         if n not in info.indexes
         and time_dim in a.dims
-        and (not a.is_coord or n in schemas[0].time_coords)
+        and (n in schemas[0].time_coords if a.is_coord else n in held)
     ]
-    static_vars = [n for n, a in info.arrays.items() if not a.is_coord and time_dim not in a.dims]
-    plan = plan_tasks(
+    static_vars = [
+        n for n, a in info.arrays.items() if not a.is_coord and time_dim not in a.dims and n in held
+    ]
+    # what is missing counts every variable, also those no source of this run holds
+    report_vars = [
+        *write_vars,
+        *(n for n, a in info.arrays.items() if not a.is_coord and time_dim in a.dims),
+    ]
+    report_vars = list(dict.fromkeys(report_vars))
+    plan = plan_layout(
         info,
+        schemas,
         positions,
         time_dim=time_dim,
         write_vars=write_vars,
@@ -415,29 +551,17 @@ def _plan_run(
         budget=_task_budget(capacity),
         slots=capacity.workers * capacity.slots,
     )
-    slots = capacity.slots
-    if capacity.memory_limit and plan.task_estimate:
-        fit = (capacity.memory_limit - WORKER_BASELINE) // max(plan.task_estimate, 1)
-        slots = int(max(1, min(slots, fit)))
-        if fit < 1:
-            logger.warning(
-                "the largest task is estimated at %d bytes, more than the memory limit "
-                "of %d bytes per worker allows; running one task per worker",
-                plan.task_estimate,
-                capacity.memory_limit,
-            )
-    covered = np.zeros(info.sizes[time_dim], dtype=bool)
-    for pos in positions:
-        covered[pos] = True
+    slots = fit_slots(capacity, plan.task_estimate)  # warns if one task cannot fit
+    covered = covered_by_variable(info, schemas, positions, write_vars, time_dim)
     state = PartialState(
         info,
         time_dim,
         covered,
         read_record(target) if resume else {},
-        _stored_chunks(target, info, [*write_vars, *static_vars], tidy=resume),
+        _stored_chunks(target, info, [*report_vars, *static_vars], tidy=resume),
     )
     done = {t.index for t in plan.tasks if state.is_done(t)} if resume else set()
-    return _Run(plan, done, state, replace(capacity, slots=slots), write_vars)
+    return _Run(plan, done, state, replace(capacity, slots=slots), report_vars)
 
 
 def _log_phase(msg: str, t_start: float, *args: Any) -> None:
@@ -458,14 +582,16 @@ def _normalize_store(store: StoreLike) -> StoreLike:
 
 
 def _scan_all(
-    runner: _SerialRunner | _ProcessRunner | _DaskRunner,
+    runner: Runner,
     specs: Sequence[SourceSpec],
     args: tuple[Any, ...],
+    progress: bool = False,
 ) -> list[SourceSchema]:
     """Scan every source: Dataset objects here, paths and URLs where the runner runs tasks."""
     paths = [i for i, s in enumerate(specs) if s.dataset is None]
     out: list[SourceSchema | None] = [None] * len(specs)
-    for i, schema in zip(paths, runner.scan([specs[i] for i in paths], args), strict=True):
+    scanned = runner.scan([specs[i] for i in paths], args, progress)
+    for i, schema in zip(paths, scanned, strict=True):
         out[i] = schema
     for i, spec in enumerate(specs):
         if spec.dataset is not None:
@@ -480,26 +606,8 @@ def _existing_template(target: Any) -> TemplateInfo | None:
         return None
 
 
-def _check_reuse(info: TemplateInfo, chunks: Any) -> None:
-    if not isinstance(chunks, Mapping):
-        return
-    for dim, size in chunks.items():
-        for a in info.arrays.values():
-            if a.is_coord or dim not in a.dims or size in (None, -1):
-                continue
-            have = a.chunks[a.dims.index(dim)]
-            if have != min(int(size), a.shape[a.dims.index(dim)]):
-                raise TemplateError(
-                    f"the store already holds a template with chunks of {have} along {dim!r} "
-                    f"(asked for {size}); pass resume=False to replace it, or leave chunks= out"
-                )
-
-
 def _task_budget(capacity: _Capacity) -> int:
-    if capacity.memory_limit is None:
-        return int(PEAK_FACTOR * MAX_TASK_BYTES)
-    room = max(capacity.memory_limit - WORKER_BASELINE, capacity.memory_limit // 4)
-    return int(room // max(1, capacity.slots))
+    return task_budget(capacity, PEAK_FACTOR, MAX_TASK_BYTES)
 
 
 def _stored_chunks(

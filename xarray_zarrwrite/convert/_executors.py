@@ -5,7 +5,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import contextlib
 import logging
-import math
 import multiprocessing
 import os
 import sys
@@ -13,10 +12,15 @@ import threading
 from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from typing import Any, Final, Literal, Self
 
 from ..errors import ConvertOptionError
+from ._guard import check_main_guard, guard_error, main_script
+from ._memory import (
+    _Capacity,
+    _this_process,
+    _total_memory,
+)
 from ._sources import SourceSchema, SourceSpec, _batches, close_run, scan_batch
 from ._task import TaskOutcome, TaskPayload, _describe, _noop, _warm, run_task
 
@@ -24,17 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 _MIB: Final = 1 << 20
-#: Memory of a worker process before it runs anything (interpreter, numpy, xarray, zarr).
-WORKER_BASELINE: Final = 256 * _MIB
-
-ExecutorKind = Literal["processes", "dask", "serial"]
-
-
-@dataclass(frozen=True)
-class _Capacity:
-    workers: int
-    slots: int  # concurrent tasks per worker process
-    memory_limit: int | None  # per worker
+ExecutorKind = Literal["threads", "processes", "dask", "serial"]
+#: The values of ``convert(executor=...)``.
+EXECUTORS: Final = ("threads", "processes", "serial")
 
 
 class _SerialRunner:
@@ -46,10 +42,17 @@ class _SerialRunner:
         self.description = "this process (serial)"
 
     def capacity(self, memory_limit: int | None) -> _Capacity:
-        return _Capacity(1, 1, memory_limit or _total_memory())
+        return _Capacity(1, 1, memory_limit or _total_memory(), _this_process())
 
-    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
-        return scan_batch(specs, *args)
+    def scan(
+        self, specs: Sequence[SourceSpec], args: tuple[Any, ...], progress: bool = False
+    ) -> list[SourceSchema]:
+        out: list[SourceSchema] = []
+        with _bar(len(specs), progress, "scan", "file") as bar:
+            for spec in specs:
+                out.extend(scan_batch([spec], *args))
+                bar.update(1)
+        return out
 
     def run(
         self, payloads: list[TaskPayload], retries: int, progress: bool
@@ -63,6 +66,75 @@ class _SerialRunner:
         return out
 
     def close(self, run_id: str | None = None) -> None:
+        if run_id is not None:
+            close_run(run_id)
+
+
+class _ThreadRunner:
+    """Tasks on threads of this process (the default): no pool to start, no pickling, no
+    main guard; reading (HDF5, under xarray's lock) and compressing release the GIL.
+
+    Ctrl-C (KeyboardInterrupt) cancels the queued tasks and waits only for the running ones
+    (a task is bounded in size), then raises; claimed chunks are recorded, so a re-run
+    resumes."""
+
+    kind: ExecutorKind = "threads"
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.description = f"threads of this process, {max_workers} worker thread(s)"
+        self._pool = cf.ThreadPoolExecutor(max_workers, thread_name_prefix="xzw-convert")
+
+    def capacity(self, memory_limit: int | None) -> _Capacity:
+        # one worker (this process) running up to max_workers tasks at once
+        return _Capacity(1, self.max_workers, memory_limit or _total_memory(), _this_process())
+
+    def scan(
+        self, specs: Sequence[SourceSpec], args: tuple[Any, ...], progress: bool = False
+    ) -> list[SourceSchema]:
+        batches = _batches(len(specs), self.max_workers)
+        with _bar(len(specs), progress, "scan", "file") as bar:
+
+            def one(b: range) -> list[SourceSchema]:
+                got = scan_batch([specs[i] for i in b], *args)
+                bar.update(len(b))
+                return got
+
+            futures = [self._pool.submit(one, b) for b in batches]
+            try:
+                return [schema for f in futures for schema in f.result()]
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+
+    def run(
+        self, payloads: list[TaskPayload], retries: int, progress: bool
+    ) -> dict[int, TaskOutcome]:
+        out: dict[int, TaskOutcome] = {}
+        futures = {self._pool.submit(run_task, p): p.task.index for p in payloads}
+        with _bar(len(payloads), progress) as bar:
+            try:
+                for fut in cf.as_completed(futures):
+                    out[futures[fut]] = fut.result()
+                    _log_outcome(out[futures[fut]])
+                    bar.update(1)
+            except BaseException as exc:
+                cancelled = sum(f.cancel() for f in futures)
+                running = sum(not f.done() for f in futures)
+                logger.warning(
+                    "convert interrupted (%s): cancelled %d queued task(s), waiting for %d "
+                    "running one(s); run convert again to resume",
+                    type(exc).__name__,
+                    cancelled,
+                    running,
+                )
+                self._pool.shutdown(wait=True, cancel_futures=True)
+                raise
+        return out
+
+    def close(self, run_id: str | None = None) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
         if run_id is not None:
             close_run(run_id)
 
@@ -112,11 +184,13 @@ class _ProcessRunner:
                 f"start_method must be 'spawn' or 'forkserver' (available here: {methods}); "
                 f"got {start_method!r}. 'fork' is unsafe with zarr's I/O thread"
             )
+        check_main_guard()  # before any worker re-runs an unguarded script
         self.max_workers = max_workers
         self.method = start_method
         self.description = f"local process pool, {max_workers} worker(s) ({self.method})"
         self._warm_spec = warm
         self._pool: cf.ProcessPoolExecutor | None = None
+        self._started: list[cf.Future[None]] = []
         self._starting = threading.Thread(target=self._start, name="xzw-pool-start", daemon=True)
         self._starting.start()
 
@@ -130,21 +204,39 @@ class _ProcessRunner:
             initializer=_warm,
             initargs=(self._warm_spec, list(sys.path)),
         )
-        for _ in range(self.max_workers):  # start every worker now, not on demand
-            pool.submit(_noop)
+        # start every worker now, not on demand
+        self._started = [pool.submit(_noop) for _ in range(self.max_workers)]
         self._pool = pool
+
+    def _check_started(self) -> None:
+        """After the pool broke: if its workers died while starting (none ever ran a task)
+        under a main script, the script most likely re-ran convert in them; say so."""
+        if not self._started or main_script() is None:
+            return
+        if all(f.done() and isinstance(f.exception(), BrokenProcessPool) for f in self._started):
+            raise guard_error(main_script(), died=True)
 
     def capacity(self, memory_limit: int | None) -> _Capacity:
         limit = memory_limit or _total_memory() // self.max_workers
         return _Capacity(self.max_workers, 1, limit)
 
-    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
+    def scan(
+        self, specs: Sequence[SourceSpec], args: tuple[Any, ...], progress: bool = False
+    ) -> list[SourceSchema]:
         """Scan on the workers, which keep the sources open for the tasks; meanwhile the
         client scans batches from the other end of the queue (all of them if the pool is
         still starting)."""
+        with _bar(len(specs), progress, "scan", "file") as bar:
+            return self._scan(specs, args, bar)
+
+    def _scan(
+        self, specs: Sequence[SourceSpec], args: tuple[Any, ...], bar: Any
+    ) -> list[SourceSchema]:
         here = (*args[:-1], None)  # the client keeps nothing open
         if len(specs) <= _SCAN_HERE_MAX:
-            return scan_batch(specs, *here)
+            scanned = scan_batch(specs, *here)
+            bar.update(len(specs))
+            return scanned
         batches = deque(enumerate(_batches(len(specs), self.max_workers)))
         results: dict[int, list[SourceSchema] | None] = {}
         errors: list[BaseException] = []
@@ -167,7 +259,9 @@ class _ProcessRunner:
                     for fut in done:
                         k = inflight.pop(fut)
                         try:
-                            results[k] = fut.result()
+                            got = fut.result()
+                            results[k] = got
+                            bar.update(len(got))
                         except BrokenProcessPool:
                             results[k] = None  # scanned here below
                         except BaseException as exc:  # noqa: BLE001  (raised by scan())
@@ -187,6 +281,7 @@ class _ProcessRunner:
                         break
                     k, b = batches.pop()
                 results[k] = scan_batch([specs[i] for i in b], *here)
+                bar.update(len(b))
         except BaseException as exc:  # noqa: BLE001  (stops the feeder; raised below)
             errors.append(exc)
         feeder.join()
@@ -213,6 +308,7 @@ class _ProcessRunner:
                 try:
                     futures = {self._pool.submit(run_task, p): i for i, p in pending.items()}
                 except BrokenProcessPool:  # broke before (e.g. while scanning): start afresh
+                    self._check_started()
                     self._pool.shutdown(wait=False, cancel_futures=True)
                     self._pool = None
                     continue
@@ -236,6 +332,7 @@ class _ProcessRunner:
                     del pending[i]
                     bar.update(1)
                 if broken:
+                    self._check_started()
                     self._pool.shutdown(wait=False, cancel_futures=True)
                     self._pool = None
                     for i in list(pending):
@@ -302,7 +399,9 @@ class _DaskRunner:
         self.description = f"dask.distributed at {address}, {len(workers)} worker(s)"
         return _Capacity(len(workers), threads, limit)
 
-    def scan(self, specs: Sequence[SourceSpec], args: tuple[Any, ...]) -> list[SourceSchema]:
+    def scan(
+        self, specs: Sequence[SourceSpec], args: tuple[Any, ...], progress: bool = False
+    ) -> list[SourceSchema]:
         """Scan on the workers: the client may not even see the files."""
         if len(specs) <= 1:
             return scan_batch(specs, *args)
@@ -331,13 +430,8 @@ class _DaskRunner:
         futures = self.client.map(run_task, payloads, key="xzw-convert", pure=False)
         index = {f.key: p.task.index for f, p in zip(futures, payloads, strict=True)}
         out: dict[int, TaskOutcome] = {}
+        bar = _bar(len(payloads), progress)  # on stderr: stdout stays the caller's
         try:
-            if progress:
-                from distributed import progress as dask_progress
-
-                # a widget in notebooks; blocks with a text bar otherwise
-                dask_progress(futures)  # type: ignore[no-untyped-call]  # distributed: unannotated
-                sys.stdout.write("\n")
             completed = as_completed(  # type: ignore[no-untyped-call]  # distributed: unannotated
                 futures, with_results=True, raise_errors=False
             )
@@ -354,9 +448,12 @@ class _DaskRunner:
                 else:
                     out[i] = result
                 _log_outcome(out[i])
+                bar.update(1)
         except BaseException:
             self.client.cancel(futures)
             raise
+        finally:
+            bar.__exit__(None, None, None)
         return out
 
     def close(self, run_id: str | None = None) -> None:
@@ -365,12 +462,6 @@ class _DaskRunner:
                 self.client.run(close_run, run_id)  # workers close the run's sources
         if self._own:
             self.client.close()
-
-
-def _total_memory() -> int:
-    import psutil
-
-    return int(psutil.virtual_memory().total)
 
 
 class _NoBar:
@@ -384,37 +475,41 @@ class _NoBar:
         pass
 
 
-def _bar(total: int, progress: bool) -> Any:
-    if not progress:
+def _bar(total: int, progress: bool, desc: str = "convert", unit: str = "task") -> Any:
+    """A tqdm bar on stderr (shown after half a second; thread-safe updates)."""
+    if not progress or not total:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, unit="task", desc="convert", delay=0.5)
+    return tqdm(total=total, unit=unit, desc=desc, delay=0.5, file=sys.stderr)
 
 
-def parse_memory_limit(value: Any) -> int | None:
-    """``None``/``"auto"``: decide later; a number of bytes; or a string such as ``"2GB"``."""
-    if value is None or (isinstance(value, str) and value.lower() == "auto"):
-        return None
-    if isinstance(value, str):
-        from dask.utils import parse_bytes
+Runner = _SerialRunner | _ThreadRunner | _ProcessRunner | _DaskRunner
 
-        try:
-            value = parse_bytes(value)
-        except ValueError as e:
-            raise ConvertOptionError(
-                f"memory_limit {value!r} is not a size such as '2GB': {e}"
-            ) from e
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_executor(executor: Any, max_workers: Any, client: Any) -> None:
+    """Refuse an unknown ``executor``, a bad ``max_workers``, or one that contradicts ``client``."""
+    if executor is not None and executor not in EXECUTORS:
         raise ConvertOptionError(
-            f"memory_limit must be a positive size such as '2GB', got {value!r}"
+            f"executor must be one of {list(EXECUTORS)} (or pass client= for dask), "
+            f"got {executor!r}"
         )
-    return int(value)
+    if client is not None and executor not in (None, "dask"):
+        raise ConvertOptionError(
+            f"executor={executor!r} and client= contradict each other: tasks run on the dask "
+            "cluster of client=; leave executor out"
+        )
+    if max_workers is not None and (
+        isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 0
+    ):
+        raise ConvertOptionError(f"max_workers must be a non-negative integer, got {max_workers!r}")
 
 
 def _make_runner(
@@ -422,16 +517,17 @@ def _make_runner(
     max_workers: int | None,
     start_method: str | None = None,
     warm: SourceSpec | None = None,
-) -> _SerialRunner | _ProcessRunner | _DaskRunner:
+    executor: str | None = None,
+) -> Runner:
+    """The runner of ``executor`` (default: threads; ``max_workers=0``: serial)."""
+    check_executor(executor, max_workers, client)
     if client is not None:
         return _DaskRunner(client)
-    if max_workers is None:
-        max_workers = min(2, os.cpu_count() or 1)
-    if not isinstance(max_workers, int) or max_workers < 0:
-        raise ConvertOptionError(f"max_workers must be a non-negative integer, got {max_workers!r}")
-    if max_workers == 0:
+    if executor == "serial" or max_workers == 0:
         return _SerialRunner()
-    return _ProcessRunner(max_workers, start_method, warm)
+    if executor == "processes" or (executor is None and start_method is not None):
+        return _ProcessRunner(max_workers or min(2, _cpus()), start_method, warm)
+    return _ThreadRunner(max_workers or _cpus())
 
 
 def _log_outcome(o: TaskOutcome) -> None:

@@ -12,7 +12,7 @@ the stored chunk with the new data, writes it whole and drops it from the record
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +72,8 @@ class PartialState:
 
     info: TemplateInfo
     time_dim: str
-    covered: np.ndarray  # bool per template position along time: a source of this run has it
+    #: per array, bool per template position along time: a source of this run has it
+    covered: Mapping[str, np.ndarray]
     record: Record
     found: dict[str, set[ChunkIndex]]
 
@@ -102,7 +103,14 @@ class PartialState:
         if before is None:
             lo, hi = self._span(name, idx)
             before = set(range(lo, hi))
-        return {p for p in before if not self.covered[p]}
+        cov = self._covered(name)
+        return {p for p in before if not cov[p]}
+
+    def _covered(self, name: str) -> np.ndarray:
+        found = self.covered.get(name)
+        if found is None:  # an array no source of this run holds
+            return np.zeros(len(self._labels), dtype=bool)
+        return found
 
     def chunks(self, task: Task) -> list[tuple[str, ChunkIndex]]:
         if self.time_dim not in task.region:
@@ -113,7 +121,7 @@ class PartialState:
         """Every chunk of ``task`` is stored and this run's sources add nothing to any."""
         for name, idx in self.chunks(task) or self._static_chunks(task):
             have = self.stored_missing(name, idx)
-            if have is None or any(self.covered[p] for p in have):
+            if have is None or any(self._covered(name)[p] for p in have):
                 return False
         return True
 

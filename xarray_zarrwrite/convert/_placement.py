@@ -5,33 +5,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._region import label_positions
 from .._template import _time_axis
+from .._validate import (
+    check_attrs,
+    check_dims,
+    check_dtype,
+    label_positions,
+    same_calendar,
+)
 from ..errors import (
     DimensionMismatchError,
-    DtypeCastError,
-    RegionError,
     RegionLabelError,
     TemplateError,
     TimeEncodingError,
     VariableNotInTemplateError,
 )
+from ._layout import check_overlaps
 from ._sources import SourceSchema, VariableSchema
 
 if TYPE_CHECKING:
     from .._open import TemplateInfo
 
 logger = logging.getLogger(__name__)
-
-
-#: Attributes that must agree between a source and the template (when either has them).
-COMPARED_ATTRS: Final = ("units", "standard_name", "long_name", "calendar", "cell_methods")
 
 
 @dataclass(frozen=True)
@@ -67,12 +68,23 @@ class Reference:
         )
 
     @classmethod
-    def from_source(cls, first: SourceSchema, axis: pd.Index, time_dim: str) -> Reference:
-        """The reference of a template about to be made from ``first``."""
+    def from_source(
+        cls,
+        first: SourceSchema,
+        axis: pd.Index,
+        time_dim: str,
+        others: Sequence[SourceSchema] = (),
+    ) -> Reference:
+        """The reference of a template about to be made from ``first`` (and, for variables
+        ``first`` does not hold, the first of ``others`` that does)."""
+        data_vars = dict(first.data_vars)
+        for s in others:
+            for name, var in s.data_vars.items():
+                data_vars.setdefault(name, var)
         return cls(
             what=f"the first source {first.label!r}",
             axis=axis,
-            data_vars=first.data_vars,
+            data_vars=data_vars,
             indexes=first.indexes,
             sizes={d: n for d, n in first.sizes.items() if d != time_dim},
             calendar=first.calendar,
@@ -87,22 +99,6 @@ def _template_calendar(info: TemplateInfo, time_dim: str) -> str | None:
     return None if found is None else str(found)
 
 
-#: CF calendar names that mean the same calendar.
-_CALENDAR_SYNONYMS: Final = {"gregorian": "standard", "noleap": "365_day", "all_leap": "366_day"}
-
-
-def normalize_calendar(name: Any, numpy_dates: bool = False) -> str:
-    """A CF calendar name in one spelling per calendar (``noleap`` -> ``365_day``, ...).
-
-    With ``numpy_dates`` (labels held as numpy datetimes, which xarray only decodes for dates
-    where they agree) ``standard`` and ``proleptic_gregorian`` are the same calendar."""
-    text = str(name).strip().lower()
-    text = _CALENDAR_SYNONYMS.get(text, text)
-    if numpy_dates and text == "proleptic_gregorian":
-        return "standard"
-    return text
-
-
 def check_calendars(schemas: Sequence[SourceSchema]) -> None:
     """Every source's time labels are in one calendar (synonyms such as ``noleap`` and
     ``365_day`` agree); raises :class:`TimeEncodingError` naming the first that is not."""
@@ -110,9 +106,7 @@ def check_calendars(schemas: Sequence[SourceSchema]) -> None:
     for s in named[1:]:
         first = named[0]
         numpy_dates = s.times.dtype.kind == "M" and first.times.dtype.kind == "M"
-        if normalize_calendar(s.calendar, numpy_dates) != normalize_calendar(
-            first.calendar, numpy_dates
-        ):
+        if not same_calendar(s.calendar, first.calendar, numpy_dates):
             raise TimeEncodingError(
                 f"source {s.label!r} uses calendar {s.calendar!r} but source {first.label!r} "
                 f"uses {first.calendar!r}; all sources must share one calendar (convert with "
@@ -121,35 +115,12 @@ def check_calendars(schemas: Sequence[SourceSchema]) -> None:
 
 
 def _check_calendar(schema: SourceSchema, ref: Reference) -> None:
-    if schema.calendar is None or ref.calendar is None:
-        return
     numpy_dates = schema.times.dtype.kind == "M" and ref.axis.dtype.kind == "M"
-    if normalize_calendar(schema.calendar, numpy_dates) != normalize_calendar(
-        ref.calendar, numpy_dates
-    ):
+    if not same_calendar(schema.calendar, ref.calendar, numpy_dates):
         raise TimeEncodingError(
             f"source {schema.label!r} uses calendar {schema.calendar!r} but {ref.what} uses "
             f"{ref.calendar!r}; convert the source (ds.convert_calendar) first"
         )
-
-
-def _dtype_ok(have: np.dtype[Any], want: np.dtype[Any]) -> bool:
-    if have == want:
-        return True
-    if have.kind in "OSUTV" or want.kind in "OSUTV":
-        return False
-    return bool(
-        np.can_cast(have, want, casting="safe")
-        or (have.kind == "f" and want.kind == "f")
-        or (have.kind == want.kind and have.kind in "mM")
-    )
-
-
-def _attr_equal(a: Any, b: Any) -> bool:
-    try:
-        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
-    except (TypeError, ValueError):
-        return bool(a == b)
 
 
 def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.ndarray:
@@ -165,36 +136,20 @@ def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.n
     """
     src = schema.label
     _check_calendar(schema, ref)
-    have, want = set(schema.data_vars), set(ref.data_vars)
-    if have != want:
-        extra, missing = sorted(have - want), sorted(want - have)
+    # a source may hold some of the variables (files per variable); never others
+    extra = sorted(set(schema.data_vars) - set(ref.data_vars))
+    if extra:
         raise VariableNotInTemplateError(
-            f"source {src!r} does not have the data variables of {ref.what}"
-            + (f"; it lacks {missing}" if missing else "")
-            + (f"; it has {extra} in addition" if extra else "")
-            + "; choose the variables with variables= or drop_variables="
+            f"source {src!r} has the data variable(s) {extra}, which {ref.what} does not "
+            f"have (it has {sorted(ref.data_vars)}); leave them out with drop_variables=, "
+            "or convert into a new archive (resume=False) to add them"
         )
+    prefix = f"source {src!r}: "
     for name, var in schema.data_vars.items():
         target = ref.data_vars[name]
-        if set(var.dims) != set(target.dims) or len(var.dims) != len(target.dims):
-            raise DimensionMismatchError(
-                f"source {src!r}: variable {name!r} has dimensions {var.dims} but {ref.what} "
-                f"has {target.dims}"
-            )
-        if not _dtype_ok(var.dtype, target.dtype):
-            raise DtypeCastError(
-                f"source {src!r}: variable {name!r} has dtype {var.dtype}, which cannot be cast "
-                f"safely to the {target.dtype} of {ref.what}; convert the source first"
-            )
-        for key in COMPARED_ATTRS:
-            a, b = var.attrs.get(key), target.attrs.get(key)
-            if key == "calendar" and a is not None and b is not None:
-                a, b = normalize_calendar(a), normalize_calendar(b)
-            if (a is None) != (b is None) or (a is not None and not _attr_equal(a, b)):
-                raise RegionError(
-                    f"source {src!r}: attribute {key!r} of variable {name!r} is {a!r} but "
-                    f"{ref.what} has {b!r}; the sources must describe the same quantity"
-                )
+        check_dims(name, var.dims, target.dims, prefix=prefix, what=ref.what)
+        check_dtype(name, var.dtype, target.dtype, prefix=prefix, what=ref.what)
+        check_attrs(name, var.attrs, target.attrs, prefix=prefix, what=ref.what)
     for dim, n in schema.sizes.items():
         if dim == time_dim:
             continue
@@ -269,18 +224,8 @@ def _infer_axis(
 def place_sources(
     schemas: Sequence[SourceSchema], ref: Reference, time_dim: str
 ) -> list[np.ndarray]:
-    """Validate every source and return its label positions; refuses overlapping sources."""
+    """Validate every source and return its label positions; refuses two sources holding
+    the same time step of the same variable (:class:`LayoutError`, a RegionLabelError too)."""
     positions = [validate_source(s, ref, time_dim) for s in schemas]
-    owner = np.full(len(ref.axis), -1, dtype=np.int64)
-    for i, pos in enumerate(positions):
-        clash = owner[pos] >= 0
-        if clash.any():
-            j = int(owner[pos[clash][0]])
-            label = ref.axis[int(pos[clash][0])]
-            raise RegionLabelError(
-                f"sources {schemas[j].label!r} and {schemas[i].label!r} both hold {time_dim} "
-                f"{label!r} ({int(clash.sum())} shared step(s)); every time step must come "
-                "from exactly one source"
-            )
-        owner[pos] = i
+    check_overlaps(schemas, positions, len(ref.axis), ref.axis, time_dim)
     return positions

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from .._check import label_formatter
-from ._executors import _Capacity
+from ._memory import _Capacity
 from ._plan import Plan
 from ._sources import SourceSpec
 from ._task import TaskOutcome
@@ -37,7 +37,7 @@ class SourceOutcome:
     status
         ``"written"``, ``"skipped"`` (its chunks were already written: resume) or
         ``"failed"`` (a task reading it failed). Steps in a chunk the sources cover only in
-        part are written too (see :attr:`ConvertReport.partial`).
+        part are written too (see ``ConvertReport.partial``).
     nbytes
         Decoded bytes of it written in this run.
     """

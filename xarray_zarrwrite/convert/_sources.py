@@ -31,10 +31,23 @@ from ..errors import (
     SourceTypeError,
     VariableNotInTemplateError,
 )
+from ._index import SourceIndex, index_hdf5, is_hdf5
+from ._references import (
+    ENGINE as REFERENCES,
+)
+from ._references import (
+    index_references,
+    is_reference_path,
+    is_virtual_dataset,
+    open_references,
+    virtual_references,
+)
 
 logger = logging.getLogger(__name__)
 
 
+#: Set to "0" to read HDF5/NetCDF4 sources through xarray instead of by byte range.
+INDEX_ENV: Final = "XARRAY_ZARRWRITE_INDEX"
 _OPEN_CACHE_SIZE: Final = 256  # Dataset objects; xarray bounds the open files (128)
 _GLOB_MAGIC: Final = re.compile(r"[*?[]")
 
@@ -49,6 +62,9 @@ class SourceSpec:
     open_kwargs: Mapping[str, Any] = field(default_factory=dict)
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     dataset: xr.Dataset | None = field(default=None, repr=False, compare=False)
+    #: the byte-range index (:mod:`._index`): set after the scan, or from the archive's saved
+    #: index before it (then the scan does not index the file again)
+    index: SourceIndex | None = field(default=None, repr=False, compare=False)
 
 
 def _is_url(path: str) -> bool:
@@ -81,6 +97,13 @@ def expand_sources(
     so = dict(storage_options or {})
     specs: list[SourceSpec] = []
     for item in sources:
+        if isinstance(item, xr.Dataset) and is_virtual_dataset(item):
+            label = f"<virtual dataset #{len(specs)}>"
+            refs = virtual_references(item)
+            specs.append(
+                SourceSpec(label, label, REFERENCES, {**kwargs, "fo": refs}, storage_options=so)
+            )
+            continue
         if isinstance(item, xr.DataArray | xr.Dataset):
             ds = _as_dataset(item)
             where = ds.encoding.get("source")
@@ -99,7 +122,13 @@ def expand_sources(
         else:
             paths = _expand_local(path)
         specs.extend(
-            SourceSpec(label=p, path=p, engine=engine, open_kwargs=kwargs, storage_options=so)
+            SourceSpec(
+                label=p,
+                path=p,
+                engine=REFERENCES if engine is None and is_reference_path(p) else engine,
+                open_kwargs=kwargs,
+                storage_options=so,
+            )
             for p in paths
         )
     if not specs:
@@ -198,12 +227,29 @@ def open_source(spec: SourceSpec, *, indexes: bool = True) -> xr.Dataset:
     :func:`dim_index` or :func:`with_indexes` where they are needed)."""
     if spec.dataset is not None:
         return spec.dataset
+    with _open_lock:
+        ds = _open_source(spec, indexes)
+    close = ds._close
+
+    def _locked_close() -> None:  # closing is no more thread-safe than opening
+        if close is not None:
+            with _open_lock:
+                close()
+
+    ds.set_close(_locked_close)
+    return ds
+
+
+def _open_source(spec: SourceSpec, indexes: bool) -> xr.Dataset:
     assert spec.path is not None
     kwargs: dict[str, Any] = {"chunks": None, "cache": False}
     if not indexes:
         kwargs.update(_NO_INDEXES)
     kwargs.update(spec.open_kwargs)
     engine, path = spec.engine, spec.path
+    if engine == REFERENCES:  # kerchunk references or a VirtualiZarr dataset
+        fo = kwargs.pop("fo", path)
+        return open_references(fo, spec.storage_options, kwargs)
     with warnings.catch_warnings():
         # sources without consolidated metadata are fine
         warnings.filterwarnings("ignore", message=".*consolidated metadata", category=Warning)
@@ -288,6 +334,7 @@ class SourceSchema:
     time_coords: tuple[str, ...]  # non-index coordinates along the time dimension
     indexes: Mapping[str, pd.Index]  # of the other dimensions
     calendar: str | None = None  # of the time labels (None: not dates, or not said)
+    index: SourceIndex | None = field(default=None, repr=False, compare=False)
 
 
 def scan_source(
@@ -325,6 +372,16 @@ def scan_source(
                 "be placed"
             )
         others = {str(d): dim_index(ds, str(d)) for d in ds.dims if d != time_dim}
+        time_coords = tuple(
+            str(n) for n, v in ds.coords.items() if n not in ds.dims and time_dim in v.dims
+        )
+        index = _index_of(spec, opened, [*map(str, ds.data_vars), *time_coords])
+        if (
+            index is not None
+            and run_id is not None
+            and len(index.variables) == len(ds.data_vars) + len(time_coords)
+        ):
+            _forget(run_id, [spec])  # the tasks read it by byte range: close it now
         return SourceSchema(
             label=spec.label,
             times=times.copy(),
@@ -333,15 +390,44 @@ def scan_source(
                 str(n): VariableSchema(tuple(map(str, v.dims)), v.dtype, dict(v.attrs))
                 for n, v in ds.data_vars.items()
             },
-            time_coords=tuple(
-                str(n) for n, v in ds.coords.items() if n not in ds.dims and time_dim in v.dims
-            ),
+            time_coords=time_coords,
             indexes={d: i for d, i in others.items() if i is not None},
             calendar=time_calendar(ds[time_dim], times),
+            index=index,
         )
     finally:
         if spec.dataset is None and run_id is None:
             opened.close()
+
+
+def _index_of(spec: SourceSpec, opened: xr.Dataset, names: Sequence[str]) -> SourceIndex | None:
+    """The byte-range index of a file source: the saved one if the file is unchanged, else
+    made now (HDF5/NetCDF4 only; None: the xarray path reads the source)."""
+    if spec.path is not None and spec.engine == REFERENCES:
+        fo = spec.open_kwargs.get("fo", spec.path)
+        return index_references(fo, opened, names, spec.storage_options)
+    if spec.path is None or spec.engine not in (None, "netcdf4", "h5netcdf"):
+        return None
+    if os.environ.get(INDEX_ENV, "1") == "0":
+        return None
+    if "group" in spec.open_kwargs:
+        return None
+    if spec.index is not None and spec.index.stamp == _stamp(spec.path) is not None:
+        return spec.index
+    if not is_hdf5(spec.path, spec.storage_options):
+        return None
+    with _open_lock:  # h5py and netCDF4 may share one (not thread-safe) HDF5 library
+        return index_hdf5(spec.path, opened, names, spec.storage_options)
+
+
+def _stamp(path: str) -> tuple[int, int] | None:
+    if _is_url(path):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_size, st.st_mtime_ns)
 
 
 def time_calendar(var: xr.DataArray | xr.Variable, times: pd.Index | None = None) -> str | None:
@@ -372,7 +458,9 @@ def _batches(n: int, workers: int) -> list[range]:
 
 _opened: OrderedDict[tuple[str, str], xr.Dataset] = OrderedDict()
 _opened_lock = threading.Lock()
-_open_lock = threading.Lock()
+#: Opening (and closing) files is not thread-safe in netCDF-C/HDF5: every open of a source in
+#: this process, from any thread (scan, tasks, packing probes), holds this lock.
+_open_lock = threading.RLock()
 
 
 def _open_cached(run_id: str, spec: SourceSpec) -> xr.Dataset:

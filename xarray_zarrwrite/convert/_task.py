@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import xarray as xr
 
+from .._icechunk import fork_changes
 from .._store import resolve_store
 from ..api import write_region
 from ..config import config
@@ -28,6 +29,7 @@ from ..errors import (
     ZarrWriteError,
 )
 from ..storage._buffered import is_transient_error
+from ._assemble import assemble
 from ._plan import Task
 from ._sources import (
     SourceSpec,
@@ -84,6 +86,7 @@ class TaskOutcome:
     worker: str = ""
     peak_rss: int = 0
     started: float = 0.0  # wall-clock time (time.time()) the task started
+    changes: Any = None  # the Icechunk fork this task wrote through (the client merges it)
 
 
 _slots: dict[int, threading.BoundedSemaphore] = {}
@@ -151,8 +154,16 @@ def peak_rss() -> int:
 
 
 def _read_task(payload: TaskPayload) -> xr.Dataset:
-    """The data of the task's region: its source slices, concatenated along time; for a
+    """The data of the task's region: each source's slice read straight into one buffer per
+    variable (by byte range where the source is indexed, through xarray otherwise); for a
     write unit the sources cover only in part, merged into what the store holds there."""
+    if payload.task.missing or any(p.src is None for p in payload.task.pieces):
+        return _read_task_xarray(payload)
+    return assemble(payload)
+
+
+def _read_task_xarray(payload: TaskPayload) -> xr.Dataset:
+    """The task's source slices loaded through xarray and concatenated along time."""
     task, time_dim = payload.task, payload.time_dim
     parts = []
     for piece, spec in zip(task.pieces, payload.sources, strict=True):
@@ -322,6 +333,7 @@ def run_task(payload: TaskPayload) -> TaskOutcome:
                     worker=worker_name(),
                     peak_rss=peak_rss(),
                     started=started,
+                    changes=fork_changes(payload.store),
                 )
             except Exception as exc:  # noqa: BLE001  (the outcome reports it)
                 if attempt <= payload.retries and is_transient(exc, phase, remote):

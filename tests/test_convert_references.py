@@ -30,11 +30,15 @@ def _file(path: str, start: str, k: int) -> str:
         "t": {"zlib": True, "shuffle": True, "chunksizes": (4, 5, 4)},
     }
     if k == 1:  # packed, with its own scale and offset
+        # missing_value, not _FillValue: kerchunk 0.2.9's HDF5 scanner cannot encode the
+        # 1-element _FillValue attribute netCDF writes under NumPy >= 2.5 (int() of a 1-d
+        # array); it drops the variable with a warning. Not ours to fix; the packed path is
+        # the same either way (both mark the value missing)
         enc["t"] = {
             "dtype": "int16",
             "scale_factor": 0.01 * (k + 1),
             "add_offset": 270.0,
-            "_FillValue": -1,
+            "missing_value": np.int16(-32767),  # = the HDF5 fill value netCDF sets
             "chunksizes": (2, 5, 6),
             "zlib": True,
         }

@@ -288,6 +288,10 @@ def _open_source(spec: SourceSpec, indexes: bool) -> xr.Dataset:
             return xr.open_dataset(local, engine=engine, **kwargs)
         if engine is None and os.path.isdir(path):
             engine = "zarr"
+        if engine in _LOCKED_ENGINES and "lock" not in kwargs:
+            # xarray's reads take this lock too (instead of its own HDF5/netCDF-C lock): an
+            # open on one thread never runs beside a read on another (both enter HDF5)
+            kwargs["lock"] = _open_lock
         return xr.open_dataset(path, engine=engine, **kwargs)
 
 
@@ -461,6 +465,8 @@ _opened_lock = threading.Lock()
 #: Opening (and closing) files is not thread-safe in netCDF-C/HDF5: every open of a source in
 #: this process, from any thread (scan, tasks, packing probes), holds this lock.
 _open_lock = threading.RLock()
+#: Engines (None: xarray's guess for a file) whose reads take ``_open_lock``.
+_LOCKED_ENGINES: Final = (None, "netcdf4", "h5netcdf", "scipy")
 
 
 def _open_cached(run_id: str, spec: SourceSpec) -> xr.Dataset:

@@ -170,6 +170,7 @@ class Assembler:
         self._record: dict[str, dict[str, list[str]]] | None = None
         self._done_recorded: set[Key] = set()  # units completed that the record lists
         self._aliases: dict[bytes, bytes] = {}  # token -> token after our own record update
+        self.retry: tuple[int, float] | None = None  # (retries, backoff); None: the config's
         self._writes: set[cf.Future[Any]] = set()
         self._thread = cf.ThreadPoolExecutor(1, thread_name_prefix="xzw-assemble")
         self.units_written = 0
@@ -487,7 +488,9 @@ class Assembler:
             data = np.where(unit.mask, unit.buf, stored)
         write = EncodedWrite(unit.name, data, unit.selection, unit.grid.unit)
         try:  # the gate: the store must still hold the template the steps were planned for
-            n, _ = await write_encoded([write], {unit.name: arr}, verifier(self._target, root))
+            n, _ = await write_encoded(
+                [write], {unit.name: arr}, verifier(self._target, root), self.retry
+            )
         except StaleTemplateError as e:
             raise TemplateChangedError(
                 f"the template in {self._target} was replaced while {unit.name!r} unit "

@@ -199,6 +199,14 @@ def _unbuffered(store: Store) -> Store:
     return store
 
 
+def _retry_policy(store: Store) -> tuple[int, float] | None:
+    """A :class:`BufferedStore`'s (retries, backoff), which its writers' puts keep."""
+    if isinstance(store, BufferedStore):
+        cfg = store._core.config
+        return int(cfg.retries), float(cfg.retry_backoff)
+    return None
+
+
 def _overlaps(a: Mapping[str, slice], b: Mapping[str, slice]) -> bool:
     """True when two regions share at least one element (dims missing from one: all of it)."""
     return all(a[d].start < b[d].stop and b[d].start < a[d].stop for d in a.keys() & b.keys())
@@ -268,6 +276,8 @@ class StreamWriter:
         store, self._commits = stream_target(store, branch, message, commit_every)
         self.store = resolve_store(store, storage_options=storage_options)
         ensure_writable(self.store)
+        # over a BufferedStore, puts go to its wrapped store with the buffered store's retries
+        self._retry = _retry_policy(self.store)
         self._target = _unbuffered(self.store)
         self.info: TemplateInfo = load_template(self._target)
         self._safe_chunks = safe_chunks
@@ -285,6 +295,7 @@ class StreamWriter:
         self._assembler = Assembler(
             self._target, lambda: self.info, self._budget, self._settle, time_dim
         )
+        self._assembler.retry = self._retry
         runtime.live.add(self)
         _register_exit_hook()
 
@@ -518,7 +529,7 @@ class StreamWriter:
         for _ in range(_REPLANS):
             arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
             try:
-                nchunks, nb = await write_encoded(encoded, arrays, verify)
+                nchunks, nb = await write_encoded(encoded, arrays, verify, self._retry)
                 break
             except StaleTemplateError:  # replaced since planned: plan the snapshot again
                 plan, info, encoded = await loop.run_in_executor(

@@ -135,8 +135,12 @@ async def write_encoded(
     writes: list[EncodedWrite],
     arrays: Mapping[str, AsyncArray[Any]],
     verify: Callable[[], Awaitable[None]] | None = None,
+    retry: tuple[int, float] | None = None,
 ) -> tuple[int, int]:
     """Encode and store every write unit of every variable concurrently.
+
+    ``retry`` (retries, backoff) overrides the config's policy: a StreamWriter over a
+    :class:`~xarray_zarrwrite.BufferedStore` puts with that store's policy.
 
     Returns ``(units written, uncompressed bytes)``. The write unit is the shard when the
     array is sharded, else the chunk (see :class:`~xarray_zarrwrite._grid.ChunkGrid`). Whole
@@ -158,6 +162,8 @@ async def write_encoded(
     """
     limit = _limit()
     retries, backoff = int(config.get("retries")), float(config.get("retry_backoff"))
+    if retry is not None:
+        retries, backoff = retry
     gate = asyncio.ensure_future(verify()) if verify is not None else None
 
     async def put(w: EncodedWrite, grid: ChunkGrid, piece: UnitPiece, op: Any) -> None:

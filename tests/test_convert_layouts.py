@@ -4,9 +4,6 @@ fit are refused, naming the file, before anything is written."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -22,6 +19,7 @@ from xarray_zarrwrite.errors import (
     RegionLabelError,
     VariableNotInTemplateError,
 )
+from xarray_zarrwrite.testing.snapshot import snapshot
 
 NT = 60
 
@@ -46,16 +44,6 @@ def _full() -> xr.Dataset:
 def _write(ds: xr.Dataset, path) -> str:
     ds.to_netcdf(path)
     return str(path)
-
-
-def _snapshot(path) -> dict[str, str]:
-    out = {}
-    for root, _, names in os.walk(path):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
 
 
 def _assert_matches_mfdataset(path, files, **mf) -> None:
@@ -139,11 +127,11 @@ def test_per_variable_files_added_later_resume(tmp_path):
 def _refused(files, path, error, match):
     path.mkdir()
     (path / "keep.txt").write_text("x")
-    before = _snapshot(path)
+    before = snapshot(path)
     with pytest.raises(error, match=match) as info:
         _convert(files, path, chunks={"time": 10})
     assert isinstance(info.value, InputError)
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
     return info.value
 
 
@@ -187,11 +175,11 @@ def test_variable_the_archive_lacks_is_refused_on_resume(tmp_path):
     full = _full()
     path = tmp_path / "out.zarr"
     assert _convert([_write(full[["t2m"]], tmp_path / "t2m.nc")], path).ok
-    before = _snapshot(path)
+    before = snapshot(path)
     with pytest.raises(VariableNotInTemplateError, match=r"tp\.nc") as info:
         _convert([_write(full[["tp"]], tmp_path / "tp.nc")], path)
     assert "resume=False" in str(info.value)
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
 
 
 def _rename_2t(ds: xr.Dataset) -> xr.Dataset:

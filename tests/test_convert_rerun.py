@@ -4,8 +4,6 @@ A global_end read as midnight of a sub-daily axis warns that the last chunk is p
 
 from __future__ import annotations
 
-import hashlib
-import os
 import warnings
 
 import numpy as np
@@ -15,16 +13,7 @@ import xarray as xr
 
 from xarray_zarrwrite.convert import convert
 from xarray_zarrwrite.errors import ArchiveMismatchError, PartialChunkWarning, TemplateError
-
-
-def _snapshot(path) -> dict[str, str]:
-    out = {}
-    for root, _, names in os.walk(path):
-        for n in names:
-            p = os.path.join(root, n)
-            with open(p, "rb") as f:
-                out[os.path.relpath(p, path)] = hashlib.sha256(f.read()).hexdigest()
-    return out
+from xarray_zarrwrite.testing.snapshot import snapshot
 
 
 @pytest.fixture
@@ -54,27 +43,27 @@ def test_changed_compression_is_refused_naming_it(tmp_path, files):
     _, paths = files
     path = tmp_path / "out.zarr"
     assert _run(paths, path, chunks={"time": 10}, compression="zstd:3").ok
-    before = _snapshot(path)
+    before = snapshot(path)
     with pytest.raises(ArchiveMismatchError, match="compresses with") as info:
         _run(paths, path, chunks={"time": 10}, compression="gzip:5")
     assert "'t2m'" in str(info.value) and "gzip" in str(info.value)
     assert "resume=False" in str(info.value)
     assert isinstance(info.value, TemplateError) and isinstance(info.value, ValueError)
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
 
 
 def test_every_difference_is_named(tmp_path, files):
     _, paths = files
     path = tmp_path / "out.zarr"
     assert _run(paths, path, chunks={"time": 10}).ok
-    before = _snapshot(path)
+    before = snapshot(path)
     with pytest.raises(ArchiveMismatchError) as info:
         _run(paths, path, chunks={"time": 5}, compression=None, zarr_format=2)
     text = str(info.value)
     assert "chunks of 10 along 'time' (asked for 5)" in text
     assert "compresses with" in text
     assert "zarr_format: the archive is 3, this call asks for 2" in text
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
 
 
 def test_shards_difference_is_named(tmp_path, files):
@@ -89,12 +78,12 @@ def test_defaults_and_same_options_do_not_count(tmp_path, files):
     ds, paths = files
     path = tmp_path / "out.zarr"
     first = _run(paths, path, chunks={"time": 10}, compression="zstd:5", zarr_format=3)
-    before = _snapshot(path)
+    before = snapshot(path)
     again = _run(paths, path)  # every option at its default: the archive's are used
     assert again.ok and again.written == 0 and again.skipped == first.ntasks
     same = _run(paths, path, chunks={"time": 10}, compression="zstd:5", zarr_format=3)
     assert same.ok and same.written == 0
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
     back = xr.open_zarr(path)
     np.testing.assert_array_equal(back.t2m.values, ds.t2m.values)
     assert back.t2m.values[-1, -1, -1] == ds.t2m.values[-1, -1, -1]
@@ -153,7 +142,7 @@ def test_changed_packing_or_encoding_is_named_and_nothing_else(tmp_path, files):
     _, paths = files
     path = tmp_path / "out.zarr"
     assert _run(paths, path, chunks={"time": 10}).ok
-    before = _snapshot(path)
+    before = snapshot(path)
     packed = {"t2m": {"dtype": "int16", "scale_factor": 0.001, "_FillValue": -32768}}
     with pytest.raises(ArchiveMismatchError) as info:
         _run(paths, path, encoding=packed)
@@ -162,6 +151,6 @@ def test_changed_packing_or_encoding_is_named_and_nothing_else(tmp_path, files):
     assert "chunks of" not in text and "compresses" not in text  # only what was asked
     with pytest.raises(ArchiveMismatchError, match="stored as int16 with scale_factor"):
         _run(paths, path, packing={"t2m": {"bits": 16}})
-    assert _snapshot(path) == before
+    assert snapshot(path) == before
     # the same encoding as the archive's is no difference
     assert _run(paths, path, encoding={"t2m": {"dtype": "float32"}}).ok

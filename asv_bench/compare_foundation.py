@@ -3,6 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python asv_bench/compare_foundation.py [--repeats 3] [--cases 1,2,3]
+        [--calls next,first,dask]
 
 Every case is timed ``--repeats`` times (best kept), ours and the alternative alternating in
 each repeat, each on a fresh template. After every timed write (outside the timed part) the
@@ -225,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="best of N (default 3)")
     parser.add_argument("--cases", default="1,2,3", help="comma-separated subset of 1,2,3")
+    parser.add_argument(
+        "--calls", default="next,first,dask", help="case 1's variants: subset of next,first,dask"
+    )
     args = parser.parse_args(argv)
     cases = {c.strip() for c in args.cases.split(",")}
+    calls = {c.strip() for c in args.calls.split(",")}
     load0 = os.getloadavg()[0]
     rows = []
     if "1" in cases:
@@ -235,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             ("first", "first write of the process"),
             ("dask", "template written before, dask-backed data"),
         ):
+            if call not in calls:
+                continue
             log(f"case 1 ({call})")
             best = case_latency(args.repeats, call)
             rows.append(

@@ -17,12 +17,18 @@ style per-step writes (zarr ``Array.__setitem__`` per step: read-modify-write to
 4. the 20 ms-latency store case (20 variables x 4 chunks) through ``BufferedStore``.
 
 Run: ``.venv/bin/python asv_bench/replay_stream.py`` (``--steps 5`` for a quick look).
+``--durable-only`` measures only time-to-durable (lead_time chunk 1, no model step) against
+the bound, interleaved ``--repeats`` times in one run: ours with the default snapshot, ours
+with ``borrow=True`` (no snapshot copy), the bound before and after each, and the process CPU
+seconds of each (the CPU ratio does not depend on what else the machine runs; the wall ratio
+does: the load average is printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import os
 import shutil
 import tempfile
 import threading
@@ -110,10 +116,10 @@ def written_bytes() -> int:
     return int(psutil.Process().io_counters().write_chars)
 
 
-def run_ours(path, steps, model_s, max_inflight_mb):
+def run_ours(path, steps, model_s, max_inflight_mb, borrow=False):
     inside = 0.0
     t0 = time.perf_counter()
-    with xzw.StreamWriter(str(path), max_inflight_mb=max_inflight_mb) as writer:
+    with xzw.StreamWriter(str(path), max_inflight_mb=max_inflight_mb, borrow=borrow) as writer:
         for step in steps:
             time.sleep(model_s)
             a = time.perf_counter()
@@ -219,6 +225,42 @@ def run_one(name, path, steps, model_s, mb):
     return inside, total, (written_bytes() - written) / 2**20, extra
 
 
+def durable_case(steps, repeats: int, mb: float) -> None:
+    """Time (and CPU seconds) until durable, ours vs the bound, interleaved in one run."""
+    work = Path(tempfile.mkdtemp(prefix="xzw-durable-"))
+    ratios: dict[str, list[tuple[float, float]]] = {"ours": [], "ours borrow": []}
+    try:
+        for r in range(repeats):
+            for name in ratios:
+                c0 = time.process_time()
+                before = compression_bound(steps)
+                cpu_b = time.process_time() - c0
+                path = work / f"{r}.zarr"
+                make_template(path, steps, 1)
+                c0 = time.process_time()
+                _, total = run_ours(path, steps, 0.0, mb, borrow=name != "ours")
+                cpu = time.process_time() - c0
+                c0 = time.process_time()
+                after = compression_bound(steps)
+                cpu_b = (cpu_b + time.process_time() - c0) / 2
+                verify(path, steps)
+                shutil.rmtree(path)
+                bound = (before + after) / 2
+                ratios[name].append((total / bound, cpu / cpu_b))
+                print(
+                    f"{name:12s} rep {r}: bound {before:.2f}/{after:.2f} s, ours {total:.2f} s, "
+                    f"wall {total / bound:.2f}x, cpu {cpu:.2f}/{cpu_b:.2f} s = {cpu / cpu_b:.2f}x, "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    for name, rows in ratios.items():
+        wall = sorted(w for w, _ in rows)[len(rows) // 2]
+        cpu = sorted(c for _, c in rows)[len(rows) // 2]
+        print(f"{name}: median time-to-durable / bound {wall:.2f}x, CPU / bound CPU {cpu:.2f}x")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=21)
@@ -226,8 +268,13 @@ def main() -> None:
     p.add_argument("--max-inflight-mb", type=float, default=512)
     p.add_argument("--lead-chunks", type=int, nargs="+", default=[1, 7])
     p.add_argument("--no-latency", action="store_true", help="skip the latency-store case")
+    p.add_argument("--durable-only", action="store_true", help="only time-to-durable vs bound")
+    p.add_argument("--repeats", type=int, default=3, help="repeats of --durable-only")
     args = p.parse_args()
     steps = make_steps(args.steps)
+    if args.durable_only:
+        durable_case(steps, args.repeats, args.max_inflight_mb)
+        return
     mb = sum(s.nbytes for s in steps) / 2**20
     work = Path(tempfile.mkdtemp(prefix="xzw-replay-"))
     rows = []

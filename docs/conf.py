@@ -29,6 +29,7 @@ extensions = [
     "configdoc",  # docs/_ext/configdoc.py: the configuration table, from config.SCHEMA
     "xrefs",  # docs/_ext/xrefs.py: references by the names the code imports objects under
     "accessors",  # docs/_ext/accessors.py: accessor pages show the delegate's parameters
+    "interfaces",  # docs/_ext/interfaces.py: every public method has an entry
 ]
 templates_path = ["_templates", sphinx_autosummary_accessors.templates_path]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -49,6 +50,11 @@ html_theme = "pydata_sphinx_theme"
 html_title = "xarray_zarrwrite"
 html_static_path = ["_static"]
 html_css_files = ["custom.css"]
+# The table of contents is flat (every page at the top level), so the theme's left sidebar
+# ("Section Navigation") would always be empty: drop it, and give its width to the article.
+html_sidebars: dict[str, list[str]] = {"**": []}
+# Four page links in the header, the rest under "More": one header row at 1280 px.
+html_theme_options = {"header_links_before_dropdown": 4}
 
 # Third-party objects our docstrings name. Offline builds have no intersphinx inventories, so
 # these cannot resolve; each is listed here by name (never one of ours, never a pattern).

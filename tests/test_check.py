@@ -139,3 +139,33 @@ def test_label_formatter():
     assert label_formatter(hourly)(1) == "2000-01-01T01:00:00"
     assert label_formatter(pd.Index([1.5, 2.5]))(1) == 2.5
     assert label_formatter(None)(4) == 4
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_check_a_group(tmp_path, year, zarr_format):
+    path = tmp_path / "g.zarr"
+    make(year, path, group="runs/a", zarr_format=zarr_format)
+    write_region(year.isel(time=slice(0, 100)), path, group="runs/a")
+    status = check(path, group="runs/a")
+    assert status.store.endswith("(group runs/a)")
+    assert status.variables["t2m"].written == 10 * 2 and status.total == 2 * 37 * 2
+    assert status.missing["t2m"] == [("2000-04-10", "2000-12-31")]
+    with pytest.raises(TemplateNotFoundError, match=r"group='runs/a'"):
+        check(path)  # the root holds no archive: said so, never "complete, 0/0"
+    with pytest.raises(TemplateNotFoundError):
+        check(path, group="runs/b")
+    write_region(year.isel(time=slice(100, 366)), path, group="runs/a")
+    assert check(path, group="runs/a").complete
+    back = xr.open_zarr(path, group="runs/a", chunks=None).load()
+    for name in ("t2m", "tcwv"):  # bit for bit, the last index of each dimension included
+        assert back[name].values.tobytes() == year[name].values.tobytes()
+
+
+def test_check_a_group_of_a_memory_store(year):
+    from zarr.storage import MemoryStore
+
+    store = MemoryStore()
+    make(year, store, group="g")
+    write_region(year.isel(time=slice(0, 30)), store, group="g")
+    status = check(store, group="g")
+    assert status.missing["t2m"] == [("2000-01-31", "2000-12-31")]

@@ -345,3 +345,20 @@ def test_new_convert_flags_reach_convert(tmp_path, files, data):
     arr = zarr.open_array(store, path="t2m", mode="r")
     assert arr.chunks == (20, 6, 8) and arr.shards == (60, 6, 8)
     assert_bit_identical(store, data)
+
+
+def test_check_group(tmp_path, data, capsys):
+    import xarray_zarrwrite as xzw
+
+    store = str(tmp_path / "g.zarr")
+    xzw.to_template(data, store, group="runs/a", chunks={"time": 40, "lat": -1, "lon": -1})
+    xzw.write_region(data.isel(time=slice(0, 80)), store, group="runs/a")
+    assert main(["check", store, "--group", "runs/a", "--json", str(tmp_path / "c.json")]) == 3
+    assert "(group runs/a): INCOMPLETE" in capsys.readouterr().out
+    status = json.loads((tmp_path / "c.json").read_text())
+    assert status["missing"]["t2m"] == [["2000-03-21", "2000-04-29"]]
+    assert main(["check", store]) == 2  # no archive at the root: says which group to give
+    assert "--group runs/a" in capsys.readouterr().err
+    xzw.write_region(data.isel(time=slice(80, 120)), store, group="runs/a")
+    assert main(["check", store, "--group", "runs/a"]) == 0
+    assert_bit_identical(xzw._store.in_group(xzw._store.resolve_store(store), "runs/a"), data)

@@ -25,15 +25,15 @@ from xarray_zarrwrite._open import load_template
 from xarray_zarrwrite._store import resolve_store
 from xarray_zarrwrite.api import to_template
 from xarray_zarrwrite.convert import (
-    PEAK_FACTOR,
     ConvertReport,
-    _payload,
     convert,
     expand_sources,
     plan_tasks,
 )
 from xarray_zarrwrite.convert import _partial as conv
 from xarray_zarrwrite.convert import _task as conv_task
+from xarray_zarrwrite.convert._plan import PEAK_FACTOR
+from xarray_zarrwrite.convert._prepare import _payload
 from xarray_zarrwrite.errors import (
     DimensionMismatchError,
     DtypeCastError,

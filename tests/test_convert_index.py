@@ -6,6 +6,7 @@ the archive is reused on resume and invisible to plain zarr/xarray readers."""
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import h5py
@@ -16,7 +17,7 @@ import xarray as xr
 import zarr
 
 from xarray_zarrwrite._check import check
-from xarray_zarrwrite.convert import _index, _index_store, _sources, convert
+from xarray_zarrwrite.convert import _h5scan, _index, _index_store, _sources, convert
 from xarray_zarrwrite.testing.fixtures import s3_endpoint, s3_storage_options, s3_url
 
 __all__ = ["s3_endpoint", "s3_storage_options", "s3_url"]  # pytest fixtures
@@ -213,13 +214,18 @@ def test_saved_index_is_invisible_and_reused(
     assert all(s.index is not None for s in saved)
 
     calls: list[str] = []
-    real = _index.index_hdf5
+    real, real_open = _index.index_hdf5, _index.index_open_hdf5
 
     def counting(path: str, *a: object, **k: object) -> object:
         calls.append(path)
         return real(path, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_sources, "index_hdf5", counting)
+    def counting_open(f: object, path: str, *a: object, **k: object) -> object:
+        calls.append(path)
+        return real_open(f, path, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_sources, "index_hdf5", counting)  # the xarray path
+    monkeypatch.setattr(_h5scan, "index_open_hdf5", counting_open)  # the h5py scan
     # two more sources (resumed with the archive's own options): only those are indexed
     report = convert(files[:4], store, progress=False, executor="threads", max_workers=2)
     assert report.ok, report.summary()
@@ -276,3 +282,228 @@ def test_s3_sources_are_indexed_and_read_by_range(
     assert report.ok, report.summary()
     with xr.open_mfdataset(files[:4], combine="by_coords") as mf:
         _assert_same(store, mf.load())
+
+
+# --- the h5py scan (no xarray open) gives exactly what the xarray path gives ---------------
+
+
+def _same_value(a: object, b: object) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (
+            isinstance(a, np.ndarray)
+            and isinstance(b, np.ndarray)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and a.tobytes() == b.tobytes()
+        )
+    same_type = type(a) is type(b)
+    if isinstance(a, float) and np.isnan(a):
+        return same_type and np.isnan(b)  # type: ignore[call-overload]
+    return same_type and a == b
+
+
+def _assert_same_schema(fast: _sources.SourceSchema, slow: _sources.SourceSchema) -> None:
+    assert fast.label == slow.label
+    assert fast.times.equals(slow.times) and type(fast.times) is type(slow.times)
+    assert fast.times.dtype == slow.times.dtype
+    assert dict(fast.sizes) == dict(slow.sizes)
+    assert fast.time_coords == slow.time_coords and fast.calendar == slow.calendar
+    assert set(fast.indexes) == set(slow.indexes)
+    for dim, idx in fast.indexes.items():
+        assert idx.equals(slow.indexes[dim]) and idx.dtype == slow.indexes[dim].dtype
+    assert list(fast.data_vars) == list(slow.data_vars)
+    for name, var in fast.data_vars.items():
+        other = slow.data_vars[name]
+        assert (var.dims, var.dtype) == (other.dims, other.dtype), name
+        assert list(var.attrs) == list(other.attrs), name
+        for key, value in var.attrs.items():
+            assert _same_value(value, other.attrs[key]), (name, key, value, other.attrs[key])
+    assert fast.index is not None and slow.index is not None
+    assert set(fast.index.variables) == set(slow.index.variables)
+    for name, vi in fast.index.variables.items():
+        other_vi = slow.index.variables[name]
+        assert (vi.dims, vi.dtype, vi.decoded, vi.codecs) == (
+            other_vi.dims,
+            other_vi.dtype,
+            other_vi.decoded,
+            other_vi.codecs,
+        )
+        assert set(vi.encoding) == set(other_vi.encoding), name
+        for key, value in vi.encoding.items():
+            assert _same_value(value, other_vi.encoding[key]), (name, key)
+        assert np.array_equal(vi.offsets, other_vi.offsets)
+    assert fast.index.stamp == slow.index.stamp
+
+
+def _scans(
+    path: str, monkeypatch: pytest.MonkeyPatch, h5py_alone: bool = True, **kw: object
+) -> tuple[object, object]:
+    """(h5py scan, xarray path scan) of ``path``; the first must not open it through xarray
+    (``h5py_alone``), or must (a file the h5py scan leaves to xarray)."""
+    spec = _sources.expand_sources(path)[0]
+    opened: list[str] = []
+    real_open = _sources.open_source
+
+    def counting(s: _sources.SourceSpec, **k: object) -> object:
+        opened.append(str(s.path))
+        return real_open(s, **k)  # type: ignore[arg-type]
+
+    with monkeypatch.context() as m:
+        m.setattr(_sources, "open_source", counting)
+        fast = _sources.scan_source(spec, "time", kw.get("variables"), None)  # type: ignore[arg-type]
+    assert opened == ([] if h5py_alone else [path])
+    with monkeypatch.context() as m:
+        m.setattr(_sources, "_scan_h5", lambda *a, **k: None)
+        slow = _sources.scan_source(spec, "time", kw.get("variables"), None)  # type: ignore[arg-type]
+    return fast, slow
+
+
+def _rich(start: str, n: int, calendar: str, k: int) -> xr.Dataset:
+    time = xr.date_range(start, periods=n, freq="D", calendar=calendar, use_cftime=True)
+    rng = np.random.default_rng(k)
+    t = (rng.standard_normal((n, NLAT, NLON)) * 5 + 280).astype("float64")
+    t[-1, -1, -1] = np.nan
+    ds = xr.Dataset(
+        {
+            "t": (
+                ("time", "lat", "lon"),
+                t,
+                {
+                    "units": "K",
+                    "long_name": "température",  # non-ASCII text
+                    "valid_range": np.array([150.0, 350.0], "f4"),
+                    "flag_values": np.array([1], "i2"),  # one element: a scalar
+                    "comment": "",
+                },
+            ),
+            "n": (("time",), np.arange(n, dtype="i4") + k * n, {"units": "1"}),
+        },
+        coords={
+            "time": time,
+            "lat": ("lat", np.linspace(-60, 60, NLAT), {"units": "degrees_north"}),
+            "lon": ("lon", np.linspace(0, 320, NLON), {"standard_name": "longitude"}),
+            "height": ((), 2.0, {"units": "m"}),  # scalar coordinate (a "coordinates" attr)
+            "step": (("time",), np.arange(n, dtype="f8"), {"units": "h"}),  # along time
+        },
+        attrs={"title": "rich", "history": "made by a test"},
+    )
+    ds.t.encoding = {
+        "dtype": "int16",
+        "scale_factor": 0.01 * (k + 1),  # a packing per file
+        "add_offset": 280.0 + k,
+        "_FillValue": np.int16(-32767),
+        "zlib": True,
+        "chunksizes": (3, NLAT, 5),
+    }
+    ds.time.encoding = {"units": f"days since {start}", "calendar": calendar}
+    return ds
+
+
+@pytest.mark.parametrize("calendar", ["noleap", "360_day", "standard", "proleptic_gregorian"])
+def test_h5py_scan_equals_the_xarray_path(
+    tmp_path, calendar: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = []
+    for k, start in enumerate(["2001-01-01", "2001-01-08"]):
+        path = str(tmp_path / f"rich{k}.nc")
+        # the second with an unlimited time dimension
+        _rich(start, 7, calendar, k).to_netcdf(path, unlimited_dims=["time"] if k else None)
+        paths.append(path)
+    for path in paths:
+        fast, slow = _scans(path, monkeypatch)
+        _assert_same_schema(fast, slow)  # type: ignore[arg-type]
+    store = str(tmp_path / "out.zarr")
+    report = convert(paths, store, chunks={"time": 4}, template_packing="float", progress=False)
+    assert report.ok, report.summary()
+    with xr.open_mfdataset(paths, combine="by_coords") as mf:
+        want = mf.load()
+    back = xr.open_zarr(store, chunks=None)
+    for name in ("t", "n", "step"):
+        assert back[name].values.tobytes() == want[name].values.tobytes(), name
+        assert back[name].values[-1:].tobytes() == want[name].values[-1:].tobytes()
+    assert list(back.time.values) == list(want.time.values)
+    assert back.t.attrs["long_name"] == "température"
+
+
+def test_h5py_scan_reads_netcdf4_strings_as_netcdf4_python(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import netCDF4
+
+    path = str(tmp_path / "strings.nc")
+    with netCDF4.Dataset(path, "w") as nc:
+        nc.createDimension("time", None)
+        nc.createDimension("x", 3)
+        nc.createDimension("nv", 2)  # a dimension without a coordinate variable
+        t = nc.createVariable("time", "f8", ("time",))
+        t.units, t.calendar = "hours since 2000-01-01", "gregorian"
+        t[:] = np.arange(5.0)
+        x = nc.createVariable("x", "i4", ("x",))
+        x[:] = [10, 20, 30]
+        v = nc.createVariable("v", "f4", ("time", "x"), fill_value=np.float32(-999.0))
+        v.setncattr_string("flag_meanings", ["low", "high"])  # NC_STRING, two values
+        v.setncattr_string("source", "one string")  # NC_STRING, one value
+        v.setncattr("note", "plain char")  # NC_CHAR
+        v.missing_value = np.float32(-999.0)
+        v.scalar_int = np.int64(7)
+        v.list_float = [1.5, 2.5]
+        v[:] = np.arange(15, dtype="f4").reshape(5, 3)
+        b = nc.createVariable("bounds", "f8", ("time", "nv"))
+        b[:] = np.zeros((5, 2))
+    fast, slow = _scans(path, monkeypatch)
+    _assert_same_schema(fast, slow)  # type: ignore[arg-type]
+    with netCDF4.Dataset(path, "a") as nc:
+        nc["v"].setncattr("note", "char\x00padded")  # a NUL inside: HDF5 would cut it there
+        nc["v"].setncattr("empty", "")
+    fast, slow = _scans(path, monkeypatch)
+    _assert_same_schema(fast, slow)  # type: ignore[arg-type]
+    assert fast.data_vars["v"].attrs["note"] == "charpadded"  # type: ignore[attr-defined]
+
+
+def test_mixed_packed_netcdf3_and_netcdf4_scans(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests._packed_sources import packed_source
+
+    paths = []
+    for k, fmt in enumerate(["NETCDF4", "NETCDF3_64BIT", "NETCDF4"]):
+        path = str(tmp_path / f"p{k}.nc")
+        packed_source(k, 250.0 - k, 300.0 + k).to_netcdf(path, format=fmt)
+        paths.append(path)
+    for path in (paths[0], paths[2]):
+        fast, slow = _scans(path, monkeypatch)
+        _assert_same_schema(fast, slow)  # type: ignore[arg-type]
+    nc3 = _sources.scan_source(_sources.expand_sources(paths[1])[0], "time", None, None)
+    assert nc3.index is None  # NetCDF3: read through xarray
+    store = str(tmp_path / "out.zarr")
+    report = convert(paths, store, template_packing="float", progress=False)
+    assert report.ok, report.summary()
+    with xr.open_mfdataset(paths, combine="by_coords") as mf:
+        want = mf.t2m.values
+    assert xr.open_zarr(store, chunks=None).t2m.values.tobytes() == want.tobytes()
+
+
+def test_packing_auto_reads_encodings_from_the_index(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """template_packing="auto" decides from the scan's index: no file is opened again."""
+    from tests._packed_sources import decoded, write_sources
+
+    paths = write_sources(tmp_path, ((250.0, 300.0), (250.0, 300.0)))  # one shared packing
+    opened: list[str] = []
+    real_open = _sources.open_source
+
+    def counting(s: _sources.SourceSpec, **k: object) -> object:
+        opened.append(str(s.path))
+        return real_open(s, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_sources, "open_source", counting)
+    for module in ("_packing", "_prepare"):
+        mod = importlib.import_module(f"xarray_zarrwrite.convert.{module}")
+        monkeypatch.setattr(mod, "open_source", counting)
+    store = str(tmp_path / "out.zarr")
+    report = convert(paths, store, progress=False, executor="threads", max_workers=2)
+    assert report.ok, report.summary()
+    assert opened == [paths[0]]  # the template's example only
+    back = xr.open_zarr(store, chunks=None)
+    assert back.t2m.encoding["dtype"] == np.dtype("int16")  # "first": the shared packing
+    want = decoded(paths).t2m.values
+    assert back.t2m.values.tobytes() == want.tobytes()

@@ -12,7 +12,12 @@ import pytest
 import xarray as xr
 
 from xarray_zarrwrite.convert import convert
-from xarray_zarrwrite.errors import ArchiveMismatchError, PartialChunkWarning, TemplateError
+from xarray_zarrwrite.errors import (
+    ArchiveMismatchError,
+    PartialChunkWarning,
+    RegionLabelError,
+    TemplateError,
+)
 from xarray_zarrwrite.testing.snapshot import snapshot
 
 
@@ -154,3 +159,20 @@ def test_changed_packing_or_encoding_is_named_and_nothing_else(tmp_path, files):
     assert snapshot(path) == before
     # the same encoding as the archive's is no difference
     assert _run(paths, path, encoding={"t2m": {"dtype": "float32"}}).ok
+
+
+def test_sources_past_the_archive_end_are_refused_with_the_extend_advice(files, tmp_path):
+    """A later file beyond the archive's last label: refused before anything is written,
+    naming the file and extend=True; with extend=True the archive grows and holds both."""
+    ds, paths = files
+    path = str(tmp_path / "a.zarr")
+    assert _run(paths[:1], path, chunks={"time": 10}).ok
+    before = snapshot(path)
+    with pytest.raises(RegionLabelError, match=r"part1\.nc.*extend=True") as info:
+        _run(paths[1:], path)
+    assert "2001-01-20" in str(info.value)  # the archive's last label
+    assert snapshot(path) == before
+    assert _run(paths[1:], path, extend=True).ok
+    back = xr.open_zarr(path).load()
+    assert back.t2m.values.tobytes() == ds.t2m.values.tobytes()
+    assert back.time.values[-1] == ds.time.values[-1]

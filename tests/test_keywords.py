@@ -148,3 +148,58 @@ def test_encoding_replaces_the_variables_encoding_as_in_xarray():
     assert a.compressors == b.compressors == ()
     xr.testing.assert_identical(read(ours), read(ref))
     np.testing.assert_array_equal(read(ours).v.values, ds.v.values)  # not packed: exact
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_write_empty_chunks_as_to_zarr(zarr_format):
+    ds = sample(8)
+    ds["v"][2:4] = np.nan  # the second time chunk: only the fill value
+    ds["v"][5, 1] = np.nan  # the last one: mixed, stored
+    enc = {"v": {"chunks": (2, 4)}}
+    ours, ref = MemoryStore(), MemoryStore()
+    xzw.to_template(ds, ours, chunks={"time": 2}, zarr_format=zarr_format)
+    xzw.write_region(ds, ours, write_empty_chunks=False)
+    ds.to_zarr(ref, zarr_format=zarr_format, write_empty_chunks=False, encoding=enc)
+    xr.testing.assert_identical(read(ours), read(ref))
+
+    def units(store):
+        return {k for k in store._store_dict if k.startswith("v/") and ".xzw_empty" not in k}
+
+    fills = [zarr.open_array(s, path="v", mode="r").fill_value for s in (ours, ref)]
+    if np.array_equal(*np.asarray(fills), equal_nan=True):
+        assert units(ours) == units(ref)  # the same objects absent (metadata keys present)
+    else:  # to_zarr of xarray 2025.6: zarr v3 fill value 0, _FillValue NaN only an attribute
+        assert units(ours) < units(ref)
+    assert len([k for k in units(ours) if "zarr.json" not in k and ".za" not in k]) == 2
+    status = xzw.check(ours)
+    assert status.complete and status.variables["v"].empty_chunks == ((1, 0),)
+
+
+def test_non_blocking_group_writes_share_one_writer_per_store_and_group(tmp_path):
+    from xarray_zarrwrite._runtime import runtime
+
+    ds = sample(9)
+    memory = MemoryStore()
+    path = str(tmp_path / "p.zarr")
+    for store in (memory, path):
+        for group in ("g", "h"):
+            xzw.to_template(ds, store, group=group, chunks={"time": 2})
+    before = set(runtime.writers)
+    try:
+        futures = []
+        for store in (memory, path):
+            for group in ("g", "h"):
+                for t in range(0, 6, 2):  # three calls per (store, group)
+                    part = ds.isel(time=slice(t, t + 2))
+                    futures.append(xzw.write_region(part, store, group=group, blocking=False))
+        for f in futures:
+            f.result(60)
+        new = set(runtime.writers) - before
+        assert len(new) == 4  # one writer per (store, group), not one per call
+        assert len({id(runtime.writers[k]) for k in new}) == 4
+        for store in (memory, path):
+            for group in ("g", "h"):
+                xr.testing.assert_identical(read(store, group=group).drop_encoding(), ds)
+    finally:
+        for key in set(runtime.writers) - before:
+            runtime.writers[key].close()

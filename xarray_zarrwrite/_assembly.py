@@ -31,6 +31,7 @@ import numpy as np
 
 from ._check import read_record
 from ._compat import async_array, io_loop, sync
+from ._empty import configured
 from ._grid import ChunkGrid
 from ._open import (
     StaleTemplateError,
@@ -171,6 +172,8 @@ class Assembler:
         self._done_recorded: set[Key] = set()  # units completed that the record lists
         self._aliases: dict[bytes, bytes] = {}  # token -> token after our own record update
         self.retry: tuple[int, float] | None = None  # (retries, backoff); None: the config's
+        #: ``write_empty_chunks`` of the writer (None: the template's default; see _empty)
+        self.write_empty_chunks: bool | None = None
         self._writes: set[cf.Future[Any]] = set()
         self._thread = cf.ThreadPoolExecutor(1, thread_name_prefix="xzw-assemble")
         self.units_written = 0
@@ -481,7 +484,7 @@ class Assembler:
         if isinstance(gate, BaseException):
             raise gate
         info, root = gate
-        arr = async_array(info.zarr_arrays[unit.name])
+        arr = async_array(configured(info.zarr_arrays[unit.name], self.write_empty_chunks))
         data = unit.buf
         if unit.merge:
             stored = await arr.getitem(unit.selection)

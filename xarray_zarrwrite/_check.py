@@ -1,10 +1,15 @@
 """Completeness of an archive: which write units of which variables were never written.
 
 Counted per write unit (:class:`~xarray_zarrwrite._grid.ChunkGrid`): one stored object, the
-shard when the array is sharded, else the chunk. Region writes store every unit they write, even a chunk that holds nothing but the fill value
-(``write_empty_chunks=True``), so "the chunk object exists" means exactly "the chunk was
-written". :func:`check` lists the chunk objects of every data variable and reports the ones that
-are absent, as chunk indices and as coordinate ranges (time spans) a person can act on.
+shard when the array is sharded, else the chunk. Region writes store every unit they write,
+even one that holds nothing but the fill value (``write_empty_chunks=True``, the default), so
+"the object exists" means "the unit was written". A unit written with
+``write_empty_chunks=False`` that held only the fill value is not stored but recorded by a
+record object under its array's ``.xzw_empty/`` prefix (see :mod:`._empty`): a unit is
+written when its object exists or a record lists it. :func:`check` lists the objects of every
+data variable (records come with the same listing), reads the records, and reports the units
+neither stored nor recorded, as unit indices and as coordinate ranges (time spans) a person
+can act on.
 
 Local stores write each chunk to a temporary ``<key>.<uuid>.partial`` file and rename it into
 place, so a write interrupted by a crash leaves such a file behind and never a truncated chunk:
@@ -14,8 +19,10 @@ those files are reported as :attr:`CheckReport.stray` and never counted as writt
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
@@ -26,12 +33,13 @@ import xarray as xr
 import zarr
 from zarr.storage import LocalStore
 
-from ._compat import sync
+from ._compat import default_buffer_prototype, sync
+from ._empty import is_record_key, parse_record
 from ._grid import ChunkGrid
 from ._icechunk import readable_store
 from ._open import load_template
-from ._store import resolve_store
-from .errors import VariableNotInTemplateError
+from ._store import group_path, resolve_store
+from .errors import TemplateNotFoundError, VariableNotInTemplateError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -79,6 +87,10 @@ class VariableCompleteness:
     partial_chunks
         Grid indices of write units stored only in part (recorded by ``convert`` when the
         sources covered them in part); counted as missing, their whole range included.
+    empty_chunks
+        Grid indices of write units written with ``write_empty_chunks=False`` while holding
+        only the fill value: not stored, recorded, counted as written (they read back as
+        fill value).
     """
 
     name: str
@@ -92,10 +104,11 @@ class VariableCompleteness:
     missing_index: tuple[tuple[int, int], ...]
     range_dim: str | None
     partial_chunks: tuple[ChunkIndex, ...] = ()
+    empty_chunks: tuple[ChunkIndex, ...] = ()
 
     @property
     def complete(self) -> bool:
-        """Whether every chunk object of the variable exists."""
+        """Whether every write unit of the variable was written (stored or recorded empty)."""
         return self.written == self.total
 
 
@@ -155,6 +168,8 @@ class CheckReport:
         lines = [f"{self.store}: {state}, {self.written}/{self.total} chunks written"]
         for v in self.variables.values():
             line = f"  {v.name}: {v.written}/{v.total} chunks"
+            if v.empty_chunks:
+                line += f" ({len(v.empty_chunks)} only fill value: recorded, not stored)"
             if not v.complete:
                 spans = ", ".join(f"{a} .. {b}" for a, b in v.missing[:8])
                 more = f" (+{len(v.missing) - 8} more)" if len(v.missing) > 8 else ""
@@ -253,11 +268,14 @@ def check(
     variables: Iterable[str] | None = None,
     storage_options: Mapping[str, Any] | None = None,
     branch: str | None = None,
+    group: str | None = None,
 ) -> CheckReport:
     """Report which chunks of which variables of the archive in ``store`` are unwritten.
 
-    Exact even where written data equals the fill value: every chunk a region write stores
-    exists as an object, so an absent object is an unwritten chunk.
+    Exact even where written data equals the fill value: every unit a region write stores
+    exists as an object, and a unit of only fill values written with
+    ``write_empty_chunks=False`` (not stored) is recorded as written empty; a unit with
+    neither is unwritten.
 
     Parameters
     ----------
@@ -274,6 +292,9 @@ def check(
         fsspec options for URLs.
     branch
         With an Icechunk ``Repository``: the branch to check (default ``"main"``).
+    group
+        The archive's group inside ``store`` (``"a/b"``), for templates made with
+        ``to_template(group=)``; as ``xr.open_zarr(group=)``.
 
     Returns
     -------
@@ -292,10 +313,14 @@ def check(
     >>> status.complete, status.missing  # doctest: +SKIP
     (False, {'t2m': [('2000-03-01', '2000-04-09')]})
     """
-    target = resolve_store(readable_store(store, branch), storage_options=storage_options)
+    target = resolve_store(
+        readable_store(store, branch), storage_options=storage_options, group=group
+    )
     info = load_template(target)
     if variables is None:
         names = [n for n, a in info.arrays.items() if not a.is_coord]
+        if not names:
+            _refuse_a_root_of_groups(store, target, group)
     else:
         names = list(variables)
         unknown = [n for n in names if n not in info.arrays]
@@ -304,7 +329,10 @@ def check(
                 f"{unknown} are not arrays of the archive (arrays: {sorted(info.arrays)}); "
                 "leave variables out to check every data variable"
             )
-    found, stray = existing_chunks(target, info, names)
+    found, empty, stray = scan_units(target, info, names)
+    for n in names:
+        empty[n] -= found[n]  # stored since: written, whatever a record says
+        found[n] |= empty[n]
     record = read_record(target)
     partial: dict[str, set[ChunkIndex]] = {}
     for n in names:
@@ -312,13 +340,44 @@ def check(
         keys = (grid.parse_key(k) for k in record.get(n, {}))
         partial[n] = {k for k in keys if k is not None}
         found[n] -= partial[n]  # a partial unit exists but is not written in full
-    out = {n: _completeness(info, n, found[n], time_dim, partial[n]) for n in names}
+    out = {
+        n: dataclasses.replace(
+            _completeness(info, n, found[n], time_dim, partial[n]),
+            empty_chunks=tuple(sorted(empty[n])),
+        )
+        for n in names
+    }
+    url = store_url(store, target)
     return CheckReport(
-        store=store_url(store, target),
+        store=url if group is None else f"{url} (group {group_path(group)})",
         variables=out,
         time_dim=time_dim,
         stray=tuple(stray),
         indexes=dict(info.indexes),
+    )
+
+
+def _refuse_a_root_of_groups(given: Any, target: Store, group: str | None) -> None:
+    """Raise when ``target`` has no data variable of its own but groups below it do: checking
+    it would report an empty archive "complete" (the archive is in a group)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+        root = zarr.open_group(store=target, mode="r")
+        holders = sorted(
+            {
+                path.rpartition("/")[0]
+                for path, node in root.members(max_depth=None)
+                if isinstance(node, zarr.Array) and "/" in path
+            }
+        )
+    if not holders:
+        return
+    base = f"{group_path(group)}/" if group is not None else ""
+    groups = [base + h for h in holders]
+    raise TemplateNotFoundError(
+        f"{store_url(given, target)} has no data variables at "
+        f"{'its root' if group is None else repr(group)}, but its groups {groups} hold "
+        f"arrays: check one of them with group={groups[0]!r}"
     )
 
 
@@ -348,11 +407,23 @@ def object_chunks(arr: zarr.Array[Any]) -> tuple[int, ...]:
 def existing_chunks(
     store: Store, info: TemplateInfo, names: Iterable[str]
 ) -> tuple[dict[str, set[ChunkIndex]], list[str]]:
-    """Chunk indices present for each array in ``names``, and stray temporary files."""
+    """Write units written for each array in ``names`` (stored, or recorded as written
+    empty), and stray temporary files."""
+    found, empty, stray = scan_units(store, info, names)
+    return {n: found[n] | empty[n] for n in found}, stray
+
+
+def scan_units(
+    store: Store, info: TemplateInfo, names: Iterable[str]
+) -> tuple[dict[str, set[ChunkIndex]], dict[str, set[ChunkIndex]], list[str]]:
+    """Per array in ``names``: the units stored, the units recorded as written empty, and
+    the stray temporary files, from one listing of each array (and a read of each record)."""
     names = list(names)
     listed = sync(_list_all(store, names))
     found: dict[str, set[ChunkIndex]] = {}
+    empty: dict[str, set[ChunkIndex]] = {}
     stray: list[str] = []
+    records: list[tuple[str, str]] = []  # (array, key) of the records of units written empty
     for name, keys in zip(names, listed, strict=True):
         grid = ChunkGrid.from_array(info.zarr_arrays[name])
         got: set[ChunkIndex] = set()
@@ -360,11 +431,31 @@ def existing_chunks(
             if PARTIAL_FILE.search(key):
                 stray.append(key)
                 continue
-            idx = grid.parse_key(key[len(name) + 1 :])
+            rel = key[len(name) + 1 :]
+            idx = grid.parse_key(rel)
             if idx is not None:
                 got.add(idx)
-        found[name] = got
-    return found, sorted(stray)
+            elif is_record_key(rel):
+                records.append((name, key))
+        found[name], empty[name] = got, set()
+    bodies = sync(_read_all(store, [key for _, key in records]))
+    for (name, _), body in zip(records, bodies, strict=True):
+        grid = ChunkGrid.from_array(info.zarr_arrays[name])
+        for unit in parse_record(body):
+            if (idx := grid.parse_key(unit)) is not None:
+                empty[name].add(idx)
+    return found, empty, sorted(stray)
+
+
+async def _read_all(store: Store, keys: list[str]) -> list[bytes | None]:
+    """The bytes of the objects ``keys`` (None where one is gone), read concurrently."""
+    proto = default_buffer_prototype()
+
+    async def one(key: str) -> bytes | None:
+        buf = await store.get(key, prototype=proto)
+        return None if buf is None else buf.to_bytes()
+
+    return list(await asyncio.gather(*(one(k) for k in keys)))
 
 
 async def _list_all(store: Store, names: list[str]) -> list[list[str]]:

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
+from ._cli_advice import shell_advice
+
 __all__ = [
     "Interrupts",
     "for_shell",
@@ -113,6 +115,7 @@ FLAGS: Final = {
     "region": "--region",
     "on_out_of_range": "--on-out-of-range",
     "storage_options": "--storage-options",
+    "group": "--group",
     "source_storage_options": "--source-storage-options",
     "open_kwargs": "--open-kwargs",
 }
@@ -120,6 +123,7 @@ FLAGS: Final = {
 #: Whole phrases first: Python advice that has a different shape on the command line.
 _PHRASES: Final = (
     (re.compile(r"\bresume=False\b"), "--no-resume"),
+    (re.compile(r"\bextend=True\b"), "--extend"),
     (re.compile(r"\bsafe_chunks=False\b"), "--unsafe-chunks"),
     (re.compile(r"\bmode=['\"]w['\"]"), "--overwrite"),
     (re.compile(r"\bprogress=False\b"), "--no-progress"),
@@ -146,6 +150,7 @@ def for_shell(message: str, stores: dict[str, str] | None = None) -> str:
     for text, given in sorted((stores or {}).items(), key=lambda kv: -len(kv[0])):
         if text and text != given:
             message = message.replace(text, given)
+    message = shell_advice(message)  # Python calls -> commands, value reprs -> values
     for pattern, repl in _PHRASES:
         message = pattern.sub(repl, message)
 

@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import weakref
 from collections.abc import Coroutine, Iterator, MutableMapping
 from typing import Any, Final, Literal, Self, TypeVar, cast
 
@@ -46,7 +48,10 @@ import zarr
 from packaging.version import Version
 from xarray.backends.zarr import FillValueCoder, encode_zarr_attr_value
 from xarray.backends.zarr import encode_zarr_variable as _encode_zarr_variable
-from xarray.conventions import encode_dataset_coordinates
+from xarray.conventions import (
+    decode_cf_variables,  # open_dataset's CF decoding (convert's h5py scan; 2025.6-2026.9)
+    encode_dataset_coordinates,
+)
 from zarr.abc.store import ByteRequest, Store
 from zarr.buffer import default_buffer_prototype
 from zarr.core.array_spec import ArrayConfigParams, ArraySpec
@@ -62,6 +67,7 @@ from zarr.storage import WrapperStore as _ZarrWrapperStore
 __all__ = [
     "JSON",
     "ZARR_FULL_SHARD_WRITES",
+    "ZARR_SHARDS_DROP_EMPTY_INNER",
     "ZARR_VERSION",
     "ArrayConfigParams",
     "ArrayMetadata",
@@ -77,12 +83,14 @@ __all__ = [
     "WrapperStore",
     "async_array",
     "with_config",
+    "writes_empty_chunks",
     "chunk_path",
     "chunk_spec",
     "default_buffer_prototype",
     "encode_chunks",
     "regular_chunk_shape",
     "memory_store_at",
+    "decode_cf_variables",
     "encode_dataset_coordinates",
     "encode_zarr_attr_value",
     "encode_zarr_variable",
@@ -97,6 +105,11 @@ __all__ = [
 ZARR_VERSION: Final = Version(zarr.__version__)
 #: zarr >= 3.2 writes whole shards without reading them first (the "full-shard fast path").
 ZARR_FULL_SHARD_WRITES: Final = Version("3.2") <= ZARR_VERSION
+#: The sharding codec can encode a whole shard with ``write_empty_chunks=False`` (leaving its
+#: all-fill inner chunks out): zarr 3.1.3's shard builder raises NotImplementedError on the
+#: first one (``_ShardBuilder.__delitem__``); 3.4 does it. Releases between take the safe
+#: path (inner chunks kept; values and stored objects are the same).
+ZARR_SHARDS_DROP_EMPTY_INNER: Final = Version("3.4") <= ZARR_VERSION
 
 T = TypeVar("T")
 T_Store = TypeVar("T_Store", bound=Store)
@@ -153,6 +166,12 @@ def _array_config(arr: zarr.AsyncArray[Any]) -> Any:
     return getattr(arr, "config", None) or arr._config
 
 
+def writes_empty_chunks(arr: zarr.AsyncArray[Any]) -> bool:
+    """The array's runtime ``write_empty_chunks`` (its config: ``AsyncArray.config`` in newer
+    zarr, only the private ``_config`` in 3.1.x)."""
+    return bool(_array_config(arr).write_empty_chunks)
+
+
 def chunk_spec(arr: zarr.AsyncArray[Any], coords: tuple[int, ...]) -> ArraySpec:
     """The codec-pipeline spec of the stored object at grid position ``coords``.
 
@@ -181,8 +200,27 @@ def chunk_spec(arr: zarr.AsyncArray[Any], coords: tuple[int, ...]) -> ArraySpec:
 async def encode_chunks(
     arr: zarr.AsyncArray[Any], items: list[tuple[NDBuffer, ArraySpec]]
 ) -> list[Buffer | None]:
-    """Encode whole chunks with the array's own codec pipeline (what ``setitem`` does inside)."""
-    return list(await arr.codec_pipeline.encode(items))
+    """Encode whole chunks with the array's own codec pipeline (what ``setitem`` does inside).
+
+    At most one call per core runs at a time, in call order (more concurrent compressions only
+    contend for the same cores, and finish every step late instead of the oldest first).
+    """
+    async with _encode_slots():
+        return list(await arr.codec_pipeline.encode(items))
+
+
+def _encode_slots() -> asyncio.Semaphore:
+    # one encode per core on each event loop (a Semaphore belongs to one loop); reset at fork
+    from ._runtime import runtime
+
+    loop = asyncio.get_running_loop()
+    with runtime.lock:
+        slots = runtime.slots.setdefault("compat.encode_slots", weakref.WeakKeyDictionary())
+        if loop not in slots:
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+            slots[loop] = asyncio.Semaphore(cores or os.cpu_count() or 1)
+        sem: asyncio.Semaphore = slots[loop]
+        return sem
 
 
 def chunk_path(arr: zarr.AsyncArray[Any], coords: tuple[int, ...]) -> StorePath:

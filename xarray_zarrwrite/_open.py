@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,8 +33,10 @@ from ._compat import (
     sync,
     with_config,
 )
+from ._empty import TEMPLATE_DEFAULT_ATTR
 from ._encoding import ZarrFormat, cf_encoding
 from ._grid import ChunkGrid
+from ._growth import EXACT, Growth, Layout, growth, layout_of
 from ._runtime import runtime
 from ._store import store_key
 from .errors import TemplateNotFoundError
@@ -82,6 +85,9 @@ class TemplateInfo:
     #: coordinates of ``stored_coords`` a plan of this process has written since (shared by
     #: every copy bound from one cache entry): their snapshot is no longer the store's
     rewritten: set[str] = field(default_factory=set, repr=False, compare=False)
+    #: the template's default ``write_empty_chunks`` (``to_template(write_empty_chunks=)``),
+    #: the runtime config its arrays are bound with
+    write_empty_chunks: bool = True
 
     def holds_coordinate(self, name: str, var: xr.Variable) -> bool:
         """Whether the template's stored coordinate ``name`` equals ``var`` (decoded values,
@@ -220,13 +226,78 @@ def load_template_with_root(store: Store) -> tuple[TemplateInfo, bytes]:
         # (the root document stays the one read before the template, as above)
         labels = sync(_token_async(store, _label_keys(info))).rpartition(_LABELS)
         token = token.rpartition(_LABELS)[0] + labels[1] + labels[2]
+    unbound, metas = _unbind(info)
     with runtime.lock:
-        runtime.templates[key] = (token, *_unbind(info))
+        runtime.templates[key] = (token, unbound, metas)
+    _remember_layout(token, layout_of(unbound, metas))
     return info, token
 
 
-def template_for_root(store: Store, root: bytes) -> TemplateInfo:
-    """The template of ``store`` as it was under the freshness token ``root``.
+#: Layouts (see :mod:`._growth`) of the templates this process read, by freshness token: what
+#: a gate compares a changed template with. The last few are kept.
+_LAYOUTS_KEPT = 32
+
+
+def _remember_layout(token: bytes, layout: Layout) -> None:
+    layouts: dict[bytes, Layout] = runtime.slot("layouts", dict)
+    with runtime.lock:
+        layouts.pop(token, None)
+        layouts[token] = layout
+        while len(layouts) > _LAYOUTS_KEPT:
+            del layouts[next(iter(layouts))]
+
+
+def layout_for(token: bytes) -> Layout | None:
+    """The :class:`~._growth.Layout` of the template this process read under ``token``."""
+    layouts: dict[bytes, Layout] = runtime.slot("layouts", dict)
+    with runtime.lock:
+        return layouts.get(token)
+
+
+def grown_since(store: Store, root: bytes, layout: Layout | None = None) -> Growth | None:
+    """How the template now in ``store`` grew from the one of token ``root`` (with layout
+    ``layout``, or the one this process remembers), or ``None`` if it was replaced (or the
+    old layout is unknown here). Reads the template again when it changed (then cached)."""
+    layout = layout if layout is not None else layout_for(root)
+    if layout is None:
+        return None
+    for pause in _SETTLE_S:
+        try:
+            found = _growth_now(store, root, layout)
+        except (ValueError, KeyError):  # arrays of conflicting sizes: an extend under way
+            found = None
+        if found is not None:
+            return found
+        time.sleep(pause)  # an extend in progress may settle (or it was a replacement)
+    return None
+
+
+#: Pauses before the gate reads a changed template again when it looked neither unchanged
+#: nor grown (a template without consolidated metadata shows an extend's steps one by one).
+_SETTLE_S = (0.05, 0.2, 0.0)
+
+
+def _growth_now(store: Store, root: bytes, layout: Layout) -> Growth | None:
+    info, now = load_template_with_root(store)
+    if now == root:
+        return EXACT
+    memo: dict[tuple[bytes, bytes], Growth | None] = runtime.slot("growths", dict)
+    with runtime.lock:
+        if (root, now) in memo:
+            return memo[(root, now)]
+    metas = {name: z.metadata for name, z in info.zarr_arrays.items()}
+    found = growth(layout, info, metas)
+    with runtime.lock:
+        if len(memo) >= _LAYOUTS_KEPT:
+            memo.clear()
+        memo[(root, now)] = found
+    return found
+
+
+def template_for_root(store: Store, root: bytes, layout: Layout | None = None) -> TemplateInfo:
+    """The template of ``store`` as it was under the freshness token ``root``, or as it is
+    now if it only grew since (see :func:`grown_since`; the caller's writes then go through
+    :meth:`Verifier.check`, which refuses those that are no longer safe).
 
     A worker of a long-lived cluster may hold a cache entry from an older template: the entry
     is used only if it was read under ``root``, else the template is read again, and if the
@@ -235,7 +306,7 @@ def template_for_root(store: Store, root: bytes) -> TemplateInfo:
     Raises
     ------
     StaleTemplateError
-        The template in ``store`` is no longer the one of ``root``.
+        The template in ``store`` is no longer the one of ``root``, nor that one grown.
     """
     key = store_key(store)
     with runtime.lock:
@@ -243,21 +314,49 @@ def template_for_root(store: Store, root: bytes) -> TemplateInfo:
     if hit is not None and hit[0] == root:
         return _bind(hit[1], hit[2], store)
     info, now = load_template_with_root(store)
-    if now != root:
+    if now != root and grown_since(store, root, layout) is None:
         raise StaleTemplateError(key)
     return info
 
 
-def verifier(store: Store, root: bytes) -> Callable[[], Coroutine[Any, Any, None]]:
-    """A coroutine function that raises :class:`StaleTemplateError` unless the store's
-    freshness token is still ``root`` (the freshness gate run before the first put)."""
-    keys = _label_keys_of(root)
+class Verifier:
+    """The template-freshness gate of a plan made under the freshness token ``root``.
 
-    async def verify() -> None:
-        if await _token_async(store, keys) != root:
-            raise StaleTemplateError(store_key(store))
+    Called with no argument, it is the strict gate: a coroutine that raises
+    :class:`StaleTemplateError` unless the store's token is still ``root`` (an error found
+    while planning must not come from a stale template). :meth:`check` with the writes about
+    to be put also accepts the template grown since (``extend``: same start, chunking,
+    shards and encodings, larger shape, same labels over the old extent) when every write
+    lies in write units that were whole in the old extent.
+    """
 
-    return verify
+    def __init__(self, store: Store, root: bytes, layout: Layout | None = None) -> None:
+        self.store = store
+        self.root = root
+        self.layout = layout
+        self._keys = _label_keys_of(root)
+
+    def __call__(self) -> Coroutine[Any, Any, None]:
+        return self._strict()
+
+    async def _strict(self) -> None:
+        await self.check(None)
+
+    async def check(self, writes: Sequence[tuple[str, tuple[slice, ...]]] | None) -> Growth:
+        """Raise :class:`StaleTemplateError` unless ``writes`` (name, selection) are still
+        safe (with ``None``: unless the template is unchanged); return how it grew."""
+        if await _token_async(self.store, self._keys) == self.root:
+            return EXACT
+        if writes is not None:
+            grown = await asyncio.to_thread(grown_since, self.store, self.root, self.layout)
+            if grown is not None and all(grown.allows(n, sel) for n, sel in writes):
+                return grown
+        raise StaleTemplateError(store_key(self.store))
+
+
+def verifier(store: Store, root: bytes, layout: Layout | None = None) -> Verifier:
+    """The freshness gate (a :class:`Verifier`) of a plan made under token ``root``."""
+    return Verifier(store, root, layout)
 
 
 class StaleTemplateError(Exception):
@@ -289,7 +388,7 @@ def load_template_gated(
         info, root = load_template_with_root(store)
         return info, root, None
     root, info, metas = hit
-    return _bind(info, metas, store), root, verifier(store, root)
+    return _bind(info, metas, store), root, verifier(store, root, layout_for(root))
 
 
 def _unbind(info: TemplateInfo) -> tuple[TemplateInfo, dict[str, ArrayMetadata]]:
@@ -307,7 +406,8 @@ def _bind(info: TemplateInfo, metas: Mapping[str, ArrayMetadata], store: Store) 
     bound: dict[str, zarr.Array[Any]] = {}
     for name, meta in metas.items():
         # v2 or v3 metadata: one of AsyncArray's two overloads, hence the declared type
-        arr: AsyncArray[Any] = AsyncArray(meta, StorePath(store, name), config=_WRITE_CONFIG)
+        config: ArrayConfigParams = {"write_empty_chunks": info.write_empty_chunks}
+        arr: AsyncArray[Any] = AsyncArray(meta, StorePath(store, name), config=config)
         bound[name] = zarr.Array(arr)
     return replace(info, zarr_arrays=bound)
 
@@ -326,13 +426,16 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
     arrays: dict[str, ArrayInfo] = {}
     zarrs: dict[str, zarr.Array[Any]] = {}
     stored: dict[str, xr.Variable] = {}
+    # write_empty_chunks=False only when the template says so (see _empty.py)
+    write_empty = ds.attrs.get(TEMPLATE_DEFAULT_ATTR) is not False
     for name, var in ds.variables.items():
         name = str(name)
         z = group[name]
         assert isinstance(z, zarr.Array)
         # every chunk we write is stored, even if all fill value, so a chunk object exists
         # exactly where data was written: that is what makes completeness checks exact
-        z = with_config(z, _WRITE_CONFIG)
+        # (with write_empty_chunks=False, units of only fill value are recorded instead)
+        z = with_config(z, {"write_empty_chunks": write_empty})
         zarrs[name] = z
         arrays[name] = ArrayInfo(
             name=name,
@@ -355,4 +458,5 @@ def _read_template(store: Store, key: str) -> TemplateInfo:
         sizes={str(d): int(n) for d, n in ds.sizes.items()},
         zarr_arrays=zarrs,
         stored_coords=stored,
+        write_empty_chunks=write_empty,
     )

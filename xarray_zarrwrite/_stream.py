@@ -7,8 +7,9 @@ pipeline, store I/O) runs in the background: the snapshot and encoding on a smal
 the chunk writes on zarr's IO loop, sharing the process-wide in-flight limit of region writes.
 
 Errors are never lost, and never misplaced: each failed write's future holds its own
-exception (a StreamWriter over a :class:`~xarray_zarrwrite.BufferedStore` writes to the store
-it wraps, so no put reports another's failure), and every background error is raised once more
+exception (a StreamWriter over a :class:`~xarray_zarrwrite.BufferedStore` puts through the
+buffer's queue and waits for its own keys to be durable, so no put reports another's failure
+and ``committed`` means durable in the target), and every background error is raised once more
 on the caller's thread, at the next ``write``, ``flush`` or ``close``. Writes still pending at
 interpreter exit are flushed with a warning.
 
@@ -21,13 +22,11 @@ either places it at the right labels or fails its future with a typed error.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import concurrent.futures as cf
 import functools
 import os
 import threading
 import time
-import warnings
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
@@ -37,6 +36,7 @@ import xarray as xr
 
 from ._assembly import Assembler, needs_assembly, plan_steps, unit_keys
 from ._compat import async_array, io_loop, sync
+from ._empty import check_write_empty_chunks, configured
 from ._icechunk import stream_target
 from ._open import (
     StaleTemplateError,
@@ -47,13 +47,22 @@ from ._open import (
 )
 from ._region import RegionPlan
 from ._runtime import runtime
-from ._staging import stage
+from ._staging import HostPool, Staged, stage
 from ._step_arrays import arrays_dataset, native, take
 from ._store import ensure_writable, resolve_store
+from ._stream_futures import (
+    _CHARGE,
+    UnclosedWriterWarning,
+    WriteFuture,
+    _Budget,
+    _overlaps,
+    _register_exit_hook,
+)
 from ._template import _as_dataset
 from ._write import EncodedWrite, RegionWriteResult, encode_for_template, write_encoded
 from .errors import WriteFailedError, ZarrWriteError
 from .storage import BufferedStore
+from .storage._durable import DurablePuts
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -66,136 +75,13 @@ if TYPE_CHECKING:
 __all__ = ["StreamWriter", "UnclosedWriterWarning", "WriteFuture"]
 
 
-class UnclosedWriterWarning(UserWarning):
-    """A StreamWriter still had pending writes at interpreter exit; they were flushed."""
-
-
-class WriteFuture:
-    """The two stages of a non-blocking write.
-
-    Attributes
-    ----------
-    copied : concurrent.futures.Future
-        Resolves when the data has been copied into pipeline memory: the caller may now
-        overwrite or free its arrays (GPU memory included).
-    committed : concurrent.futures.Future
-        Resolves with the :class:`~xarray_zarrwrite.RegionWriteResult` once every chunk is
-        durable in the store, or with the write's exception. A step that covers only part of
-        a write unit (assembled) is durable when its unit is written: when the unit's last
-        step arrives, or at ``flush``/``close`` (as a partial unit).
-    """
-
-    def __init__(self, region: Mapping[str, slice]) -> None:
-        self.region = dict(region)
-        self.assembled = False  # held for chunk assembly (durable when its unit is written)
-        self._flush: Callable[[], None] | None = None  # writes open units (assembled steps)
-        self.copied: cf.Future[None] = cf.Future()
-        self.committed: cf.Future[RegionWriteResult] = cf.Future()
-
-    def result(self, timeout: float | None = None) -> RegionWriteResult:
-        """Wait until committed; return the result or raise the write's error.
-
-        For a step held for chunk assembly whose unit is still open once every step queued
-        before it is assembled, asking for the result asks for durability: the writer's open
-        units are written now, as partial units (as :meth:`StreamWriter.flush` does; later
-        steps of those units merge with them), rather than waiting for steps that may never
-        come. To keep units whole, wait on results only after writing the steps that
-        complete them (or use ``fut.copied`` to know the arrays may be reused).
-        """
-        if self._flush is not None and not self.committed.done():
-            self._flush()
-        return self.committed.result(timeout)
-
-    def done(self) -> bool:
-        return self.committed.done()
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        return self.committed.exception(timeout)
-
-    def __repr__(self) -> str:
-        state = (
-            "committed"
-            if self.committed.done() and not self.committed.exception()
-            else "failed"
-            if self.committed.done()
-            else "copied"
-            if self.copied.done()
-            else "pending"
-        )
-        return f"<WriteFuture {state} region={self.region}>"
-
-
-class _Budget:
-    """Bytes in flight; ``acquire`` blocks while full (a single oversized write may pass alone)."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.used = 0
-        self.peak = 0
-        self._cond = threading.Condition()
-
-    def acquire(self, n: int, check: Any) -> None:
-        with self._cond:
-            while self.used and self.used + n > self.limit:
-                self._cond.wait(0.05)
-                check()
-            self.used += n
-            self.peak = max(self.peak, self.used)
-
-    def release(self, n: int) -> None:
-        with self._cond:
-            self.used -= n
-            self._cond.notify_all()
-
-
-_CHARGE = 1.5
-
-
-def _flush_at_exit() -> None:
-    for writer in list(runtime.live):
-        pending = writer.pending
-        if pending:
-            warnings.warn(
-                f"StreamWriter for {writer.store} was not closed: flushing {pending} pending "
-                "write(s) at interpreter exit. Use `with StreamWriter(...)` or call close().",
-                UnclosedWriterWarning,
-                stacklevel=1,
-            )
-        try:
-            writer.close()
-        except Exception as e:  # noqa: BLE001  (at exit nobody is left to raise to)
-            import sys
-
-            print(f"xarray_zarrwrite: writes failed at exit: {e!r}", file=sys.stderr)
-
-
-def _register_exit_hook() -> None:
-    # Pending writes need thread pools (ours, zarr's, the loop's default executor), and
-    # `concurrent.futures` refuses new work once interpreter shutdown has begun: its own hook
-    # runs through `threading._register_atexit`, *before* plain `atexit` handlers. Ours must run
-    # earlier still, so it uses the same (private, but long-stable) hook, registered later.
-    with runtime.lock:
-        if runtime.exit_hook_registered:
-            return
-        runtime.exit_hook_registered = True  # inherited by a forked child, like the hook
-    register = getattr(threading, "_register_atexit", None)
-    if register is None:  # pragma: no cover
-        atexit.register(_flush_at_exit)
-    else:
-        register(_flush_at_exit)
-
-
-def _unbuffered(store: Store) -> Store:
-    """The store a StreamWriter puts to: a :class:`BufferedStore`'s wrapped store.
-
-    A StreamWriter is itself a bounded write-behind pipeline with retries. Writing through a
-    BufferedStore would report a failed put on whichever later put happens to run next (that
-    is how a plain ``to_zarr`` user learns of it), so a step's failure would land on another
-    step's future. Queued writes of the buffer are flushed first, so none is overtaken.
-    """
+def _durable(store: Store) -> Store:
+    """The store a StreamWriter puts to: over a :class:`BufferedStore`, a view whose writes go
+    through the buffer's one queue (ordered with every other write through it) and return once
+    durable, raising their own failure; so ``committed`` means durable in the target, and a
+    failed key fails exactly the future of the write that put it."""
     if isinstance(store, BufferedStore):
-        store.flush_sync()
-        return store.wrapped
+        return DurablePuts(store)
     return store
 
 
@@ -205,11 +91,6 @@ def _retry_policy(store: Store) -> tuple[int, float] | None:
         cfg = store._core.config
         return int(cfg.retries), float(cfg.retry_backoff)
     return None
-
-
-def _overlaps(a: Mapping[str, slice], b: Mapping[str, slice]) -> bool:
-    """True when two regions share at least one element (dims missing from one: all of it)."""
-    return all(a[d].start < b[d].stop and b[d].start < a[d].stop for d in a.keys() & b.keys())
 
 
 class StreamWriter:
@@ -242,6 +123,22 @@ class StreamWriter:
         ``write`` (made when the next step arrives, once the earlier ones are written);
         ``close`` commits the rest, a ``with`` block that raises commits nothing more. An
         Icechunk ``Session`` is written to and committed by the caller. See :doc:`/icechunk`.
+    group
+        The template's group inside ``store`` (``"a/b"``), as for
+        :func:`~xarray_zarrwrite.write_region`; read it back with
+        ``xr.open_zarr(store, group=...)``. For local, fsspec and memory stores; to buffer
+        a group, give a :class:`~xarray_zarrwrite.BufferedStore` rooted at the group instead.
+    borrow
+        Encode host (NumPy) data straight from the caller's arrays instead of snapshotting
+        them first: no copy (less memory traffic, one less pass over every step), but the
+        arrays are borrowed until the step is committed (``fut.copied`` resolves then, not at
+        once): the caller must not modify them before. Device data is always snapshotted, and
+        steps held for chunk assembly are copied into their unit regardless.
+    write_empty_chunks
+        As in :func:`~xarray_zarrwrite.write_region`: ``False`` does not store a write unit
+        whose every value is the fill value (and records it, so
+        :func:`~xarray_zarrwrite.check` counts it written); None follows the template's
+        default (``to_template(write_empty_chunks=)``, else True).
 
     Notes
     -----
@@ -270,17 +167,22 @@ class StreamWriter:
         branch: str | None = None,
         message: str | None = None,
         commit_every: int | None = None,
+        group: str | None = None,
+        borrow: bool = False,
+        write_empty_chunks: bool | None = None,
     ) -> None:
         if not (isinstance(max_inflight_mb, int | float) and max_inflight_mb > 0):
             raise ZarrWriteError(f"max_inflight_mb must be positive, got {max_inflight_mb!r}")
+        self._write_empty_chunks = check_write_empty_chunks(write_empty_chunks, store)
         store, self._commits = stream_target(store, branch, message, commit_every)
-        self.store = resolve_store(store, storage_options=storage_options)
+        self.store = resolve_store(store, storage_options=storage_options, group=group)
         ensure_writable(self.store)
-        # over a BufferedStore, puts go to its wrapped store with the buffered store's retries
+        # over a BufferedStore, puts go through its queue (its retries, once: see _durable)
         self._retry = _retry_policy(self.store)
-        self._target = _unbuffered(self.store)
+        self._target = _durable(self.store)
         self.info: TemplateInfo = load_template(self._target)
         self._safe_chunks = safe_chunks
+        self._borrow = borrow
         self._on_out_of_range = on_out_of_range
         self._budget = _Budget(int(max_inflight_mb * 2**20))
         self._pool = cf.ThreadPoolExecutor(threads, thread_name_prefix="xzw-stage")
@@ -296,6 +198,7 @@ class StreamWriter:
             self._target, lambda: self.info, self._budget, self._settle, time_dim
         )
         self._assembler.retry = self._retry
+        self._assembler.write_empty_chunks = self._write_empty_chunks
         runtime.live.add(self)
         _register_exit_hook()
 
@@ -326,7 +229,7 @@ class StreamWriter:
         self._budget.acquire(nbytes, self._raise_unreported)
         fut = WriteFuture(plan.region)
         try:
-            staged = [(w, *stage(w.variable.data)) for w in plan.writes]
+            staged = [(w, *self._stage(w.variable.data)) for w in plan.writes]
         except BaseException:
             self._budget.release(nbytes)
             raise
@@ -342,6 +245,12 @@ class StreamWriter:
         io = asyncio.run_coroutine_threadsafe(self._run(job), io_loop())
         io.add_done_callback(lambda io: self._after_run(io, job))
         return fut
+
+    def _stage(self, data: Any) -> tuple[Staged, HostPool | None]:
+        """Start the snapshot of ``data``; borrowed NumPy data is used as it is (no pool)."""
+        if self._borrow and isinstance(data, np.ndarray):
+            return Staged(data), None
+        return stage(data)
 
     def _plan(self, ds: xr.Dataset, region: Any) -> tuple[RegionPlan, TemplateInfo, Verify, bytes]:
         """Plan with the cached template; an error is raised only after proving it current.
@@ -527,7 +436,10 @@ class StreamWriter:
             await asyncio.gather(*map(asyncio.wrap_future, job.after), return_exceptions=True)
         plan, info, verify = job.plan, job.info, job.verify
         for _ in range(_REPLANS):
-            arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
+            arrays = {
+                w.name: async_array(configured(info.zarr_arrays[w.name], self._write_empty_chunks))
+                for w in encoded
+            }
             try:
                 nchunks, nb = await write_encoded(encoded, arrays, verify, self._retry)
                 break
@@ -555,7 +467,8 @@ class StreamWriter:
         except BaseException as e:
             job.fut.copied.set_exception(e)
             raise
-        job.fut.copied.set_result(None)
+        if all(pool is not None for _, _, pool in job.staged):  # borrowed: at commit
+            job.fut.copied.set_result(None)
         return hosts
 
     def _encode(
@@ -587,9 +500,12 @@ class StreamWriter:
 
     def _after_run(self, io: cf.Future[RegionWriteResult], job: _Job) -> None:
         err = io.exception()
-        if err is not None and not job.fut.copied.done():
-            job.fut.copied.set_exception(err)
+        borrowed = any(pool is None for _, _, pool in job.staged)
+        if err is not None and not borrowed and not job.fut.copied.done():
+            job.fut.copied.set_exception(err)  # failed before its snapshot completed
         self._finish(job.fut, job.staged, job.nbytes, None if err else io.result(), err)
+        if not job.fut.copied.done():  # borrowed: the caller's arrays are free once it is over
+            job.fut.copied.set_result(None)
 
     def _finish(
         self,
@@ -600,7 +516,8 @@ class StreamWriter:
         err: BaseException | None,
     ) -> None:
         for _, s, pool in staged:
-            pool.give(s.host)
+            if pool is not None:  # None: the caller's borrowed array
+                pool.give(s.host)
         self._budget.release(nbytes)
         self._settle(fut, result, err)
 

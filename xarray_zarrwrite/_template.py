@@ -25,6 +25,7 @@ from zarr.storage import MemoryStore
 from ._chunks import plan_chunks, plan_shards
 from ._compat import sync
 from ._compression import parse_compression
+from ._empty import check_write_empty_chunks, template_attrs
 from ._encoding import (
     CF_ENCODING_KEYS,
     ZARR_ENCODING_KEYS,
@@ -102,6 +103,7 @@ def to_template(
     group: str | None = None,
     branch: str | None = None,
     message: str | None = None,
+    write_empty_chunks: bool | None = None,
 ) -> xr.Dataset:
     """Write a metadata-only Zarr template spanning the full extent of ``ds``.
 
@@ -173,6 +175,11 @@ def to_template(
         With an Icechunk ``Repository`` as ``store``: the branch to commit the template to
         (default ``"main"``) and the commit message (see :doc:`/icechunk`). An Icechunk
         ``Session`` is written to and committed by the caller.
+    write_empty_chunks
+        The default of the template's region writes (each may override it): ``False``
+        records it in the root attribute ``xarray_zarrwrite:write_empty_chunks``, and units
+        of only fill value are then recorded instead of stored (see
+        :func:`~xarray_zarrwrite.write_region`); None or True: every unit is stored.
 
     Returns
     -------
@@ -198,6 +205,8 @@ def to_template(
         kwargs = {k: v for k, v in locals().items() if k not in ("ds", "store", "group")}
         return tree_templates(ds, store, group, kwargs)  # type: ignore[return-value]
     ds = _as_dataset(ds)
+    ds = ds.copy(deep=False)  # the default of region writes lives in the root attributes
+    ds.attrs = template_attrs(ds.attrs, check_write_empty_chunks(write_empty_chunks, store))
     if zarr_format not in ZARR_FORMATS:
         raise TemplateError(f"zarr_format must be 2 or 3, got {zarr_format!r}")
     if mode not in _MODES:

@@ -18,11 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
-from ._compat import chunk_spec, encode_chunks
+from ._compat import (
+    ZARR_SHARDS_DROP_EMPTY_INNER,
+    async_array,
+    chunk_spec,
+    encode_chunks,
+    with_config,
+    writes_empty_chunks,
+)
+from ._empty import is_empty, record_empty
 from ._encoding import ZarrFormat, encode_variable
 from ._grid import ChunkGrid, UnitPiece
-from ._open import StaleTemplateError
+from ._open import StaleTemplateError, Verifier
 from ._runtime import runtime
 from .codecs.cf import check_packed_range
 from .config import config
@@ -34,6 +43,7 @@ if TYPE_CHECKING:
 
     from zarr import AsyncArray
 
+    from ._compat import ArraySpec, NDBuffer
     from ._open import ArrayInfo, TemplateInfo
     from ._region import RegionPlan
     from .codecs.cf import OnOutOfRange
@@ -164,7 +174,7 @@ async def write_encoded(
     retries, backoff = int(config.get("retries")), float(config.get("retry_backoff"))
     if retry is not None:
         retries, backoff = retry
-    gate = asyncio.ensure_future(verify()) if verify is not None else None
+    gate = asyncio.ensure_future(_gate(verify, writes)) if verify is not None else None
 
     async def put(w: EncodedWrite, grid: ChunkGrid, piece: UnitPiece, op: Any) -> None:
         if gate is not None:
@@ -176,33 +186,35 @@ async def write_encoded(
         arr = arrays[w.name]
         grid = ChunkGrid.from_array(arr)
         pieces = grid.pieces(w.selection)
-        whole = [p for p in pieces if p.whole]
+        # the array's config decides, as in zarr: False skips (and records) all-fill units
+        keep_empty = writes_empty_chunks(arr)
         jobs = []
-        if whole:
-            specs = [chunk_spec(arr, p.coords) for p in whole]
-            items = [
-                (_chunk_buffer(w.data[p.local], spec), spec)
-                for p, spec in zip(whole, specs, strict=True)
-            ]
-            try:
-                encoded = await encode_chunks(arr, items)
-            except Exception as e:
-                if gate is not None:
-                    await gate  # a replaced template explains the failure: re-plan instead
-                raise WriteFailedError(
-                    f"encoding {w.name!r} failed: {type(e).__name__}: {e}"
-                ) from e
-            for p, buf in zip(whole, encoded, strict=True):
-                path = grid.path(arr, p.coords)
-                # an encoder that returns nothing (an all-fill unit it chose to drop) means
-                # "no object": delete, so an older unit at this key cannot survive
-                store_op = path.delete if buf is None else partial(path.set, buf)
-                jobs.append(put(w, grid, p, store_op))
+        items = _whole_items(w, arr, [p for p in pieces if p.whole], keep_empty)
+        full = [(p, item) for p, item in items if item is not None]
+        try:
+            encoded = await encode_chunks(arr, [item for _, item in full]) if full else []
+        except Exception as e:
+            if gate is not None:
+                await gate  # a replaced template explains the failure: re-plan instead
+            raise WriteFailedError(f"encoding {w.name!r} failed: {type(e).__name__}: {e}") from e
+        bufs = iter(encoded)
+        empty: list[str] = []  # keys of the units written empty (write_empty_chunks=False)
+        for p, item in items:
+            buf = None if item is None else next(bufs)
+            path = grid.path(arr, p.coords)
+            # an encoder that returns nothing means "no object": delete, so an older unit
+            # at this key cannot survive
+            jobs.append(put(w, grid, p, path.delete if buf is None else partial(path.set, buf)))
+            if buf is None and not keep_empty:
+                empty.append(grid.key(p.coords))
         for p in pieces:
             if not p.whole:
                 data = w.data[p.local]
-                jobs.append(put(w, grid, p, lambda p=p, d=data: arr.setitem(p.selection, d)))
+                op = partial(_partial_unit, arr, grid, p, data, keep_empty, empty)
+                jobs.append(put(w, grid, p, op))
         await _gather(jobs)
+        if empty:  # once every unit is done: a crash before shows them missing, not written
+            await put(w, grid, pieces[0], partial(record_empty, arr.store_path, empty))
         return len(jobs)
 
     try:
@@ -214,6 +226,49 @@ async def write_encoded(
             elif not gate.cancelled():
                 gate.exception()  # retrieved: a stale template is re-raised by the puts
     return sum(counts), sum(w.data.nbytes for w in writes)
+
+
+def _whole_items(
+    w: EncodedWrite, arr: AsyncArray[Any], whole: list[UnitPiece], keep_empty: bool
+) -> list[tuple[UnitPiece, tuple[NDBuffer, ArraySpec] | None]]:
+    """The whole units of ``w`` as (buffer, spec) to encode; None for an all-fill unit that
+    is not stored (``write_empty_chunks=False``)."""
+    out: list[tuple[UnitPiece, tuple[NDBuffer, ArraySpec] | None]] = []
+    coder = arr
+    if not keep_empty and arr.shards is not None and not ZARR_SHARDS_DROP_EMPTY_INNER:
+        # this zarr cannot leave a shard's empty inner chunks out: encode them (see _compat)
+        coder = async_array(with_config(zarr.Array(arr), {"write_empty_chunks": True}))
+    for p in whole:
+        spec = chunk_spec(coder, p.coords)
+        buf = _chunk_buffer(w.data[p.local], spec)
+        out.append((p, None if not keep_empty and is_empty(buf, spec) else (buf, spec)))
+    return out
+
+
+async def _partial_unit(
+    arr: AsyncArray[Any],
+    grid: ChunkGrid,
+    p: UnitPiece,
+    data: np.ndarray,
+    keep_empty: bool,
+    empty: list[str],
+) -> None:
+    """Read-modify-write of part of a unit (``safe_chunks=False``). With
+    ``write_empty_chunks=False`` zarr deletes the unit when the merged result is all fill:
+    its key is then added to ``empty`` (the call's record)."""
+    await arr.setitem(p.selection, data)
+    key = grid.key(p.coords)
+    if not keep_empty and key not in empty and not await grid.path(arr, p.coords).exists():
+        empty.append(key)
+
+
+async def _gate(verify: Callable[[], Awaitable[None]], writes: list[EncodedWrite]) -> None:
+    """The freshness gate; a :class:`~._open.Verifier` is told the writes (a template that
+    only grew since the plan still takes the writes inside its old extent)."""
+    if isinstance(verify, Verifier):
+        await verify.check([(w.name, w.selection) for w in writes])
+    else:
+        await verify()
 
 
 _rng = random.Random()

@@ -3,38 +3,61 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import xarray as xr
 from zarr.abc.store import Store
 
 from ._compat import async_array, sync
-from ._dask import RegionTarget, range_checked
+from ._dask import RegionTarget, gated, range_checked
+from ._empty import check_write_empty_chunks, configured
+from ._empty_dask import EmptyChunksTarget
 from ._icechunk import is_icechunk, transactional, write_dask_forked
 from ._open import StaleTemplateError, load_template, load_template_gated, load_template_with_root
 from ._region import plan_region
 from ._runtime import runtime
 from ._staging import is_device_array, to_host
-from ._store import ensure_writable, resolve_store, store_key
+from ._store import ensure_writable, group_path, resolve_store, store_key
 from ._stream import StreamWriter, WriteFuture
-from ._template import _as_dataset, open_template, to_template
+from ._template import _as_dataset, open_template
+from ._template import to_template as _to_template
 from ._write import RegionWriteResult, encode_plan, write_encoded
-from .errors import ZarrWriteError
+from .errors import OptionError, ZarrWriteError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
 
     from dask.delayed import Delayed
 
-    from ._open import TemplateInfo
+    from ._open import ArrayInfo, TemplateInfo
     from ._region import RegionPlan
     from ._store import StoreLike
     from .codecs.cf import OnOutOfRange
 
 __all__ = ["RegionWriteResult", "open_template", "plan", "to_template", "write_region"]
+
+F = TypeVar("F", bound="Callable[..., Any]")
+
+
+def _refuse_empty_on_icechunk(fn: F) -> F:
+    """``fn(ds, store, ..., write_empty_chunks=...)`` refusing ``write_empty_chunks=False``
+    with an Icechunk target before anything else: Icechunk's ``to_template`` runs on a
+    staging store, where the target's kind is no longer seen."""
+
+    @functools.wraps(fn)
+    def guarded(ds: Any, store: Any, *args: Any, **kwargs: Any) -> Any:
+        check_write_empty_chunks(kwargs.get("write_empty_chunks"), store)
+        return fn(ds, store, *args, **kwargs)
+
+    return cast("F", guarded)
+
+
+to_template = _refuse_empty_on_icechunk(_to_template)
 
 
 def plan(
@@ -70,6 +93,7 @@ def write_region(
     group: str | None = None,
     branch: str | None = None,
     message: str | None = None,
+    write_empty_chunks: bool | None = None,
 ) -> RegionWriteResult | Delayed | WriteFuture:
     """Write ``ds`` into its region of the template in ``store``.
 
@@ -117,6 +141,16 @@ def write_region(
     branch, message
         With an Icechunk ``Repository``: the branch to commit to (default ``"main"``) and
         the commit message.
+    write_empty_chunks
+        As ``to_zarr(write_empty_chunks=)``: ``False`` does not store a write unit (the
+        shard when sharded, else the chunk) whose every value is the fill value (all NaN for
+        a NaN fill), and deletes an object stored earlier for it, so that it reads back as
+        fill value; such units are recorded (one small object per call and array, under
+        the array's ``.xzw_empty/`` prefix) so that :func:`~xarray_zarrwrite.check` counts
+        them as written. ``None`` (the default): the template's default
+        (``to_template(write_empty_chunks=)``, else True); ``True`` stores every unit. Not
+        available with Icechunk targets (:class:`~.errors.IcechunkTargetError`). See
+        :doc:`/templates`.
 
     Returns
     -------
@@ -133,22 +167,31 @@ def write_region(
         an Icechunk commit conflicts with another commit to the same chunks.
     """
     ds = _as_dataset(ds)
+    empty = check_write_empty_chunks(write_empty_chunks, store)
     target = resolve_store(store, storage_options=storage_options, group=group)
     ensure_writable(target)
     if not blocking:
-        shared = store if group is None else target  # a group gets a writer of its own
-        writer = _shared_writer(shared, target, safe_chunks, on_out_of_range)
+        options = _WriterOptions(safe_chunks, on_out_of_range, empty)
+        writer = _shared_writer(store, target, group, options)
         return writer.write(ds, region=region)
+    opts = _Options(region, safe_chunks, compute, on_out_of_range, empty)
     info, root, verify = load_template_gated(target)
     try:
-        return _write_region(
-            ds, target, info, root, verify, region, safe_chunks, compute, on_out_of_range
-        )
+        return _write_region(ds, target, info, root, verify, opts)
     except StaleTemplateError:  # the template was replaced: start over with the new one
         info, root = load_template_with_root(target)
-        return _write_region(
-            ds, target, info, root, None, region, safe_chunks, compute, on_out_of_range
-        )
+        return _write_region(ds, target, info, root, None, opts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    """The options of one blocking region write."""
+
+    region: Mapping[str, Any] | str
+    safe_chunks: bool
+    compute: bool
+    on_out_of_range: OnOutOfRange
+    write_empty_chunks: bool | None
 
 
 def _write_region(
@@ -157,18 +200,15 @@ def _write_region(
     info: TemplateInfo,
     root: bytes,
     verify: Callable[[], Coroutine[Any, Any, None]] | None,
-    region: Mapping[str, Any] | str,
-    safe_chunks: bool,
-    compute: bool,
-    on_out_of_range: OnOutOfRange,
+    opts: _Options,
 ) -> RegionWriteResult | Delayed:
     """One attempt with ``info`` (read under ``root``); ``verify`` (if given) proves ``info``
     current before writing."""
     t0 = time.perf_counter()
     try:
-        planned = plan_region(ds, info, region, safe_chunks=safe_chunks)
+        planned = plan_region(ds, info, opts.region, safe_chunks=opts.safe_chunks)
         is_dask = any(w.variable.chunks is not None for w in planned.writes)
-        encoded = [] if is_dask else encode_plan(_on_host(planned), info, on_out_of_range)
+        encoded = [] if is_dask else encode_plan(_on_host(planned), info, opts.on_out_of_range)
     except ZarrWriteError:
         if verify is not None:
             sync(verify())  # the error must not come from a stale template
@@ -176,8 +216,11 @@ def _write_region(
     if is_dask:
         if verify is not None:
             sync(verify())
-        return _write_dask(planned, target, info, root, on_out_of_range, compute)
-    arrays = {w.name: async_array(info.zarr_arrays[w.name]) for w in encoded}
+        return _write_dask(planned, target, info, root, opts)
+    arrays = {
+        w.name: async_array(configured(info.zarr_arrays[w.name], opts.write_empty_chunks))
+        for w in encoded
+    }
     nchunks, nbytes = sync(write_encoded(encoded, arrays, verify))
     return RegionWriteResult(
         region=dict(planned.region),
@@ -202,23 +245,59 @@ def _on_host(planned: RegionPlan) -> RegionPlan:
     return dataclasses.replace(planned, writes=writes)
 
 
+@dataclasses.dataclass(frozen=True)
+class _WriterOptions:
+    """The options a shared non-blocking writer is made with (part of its key)."""
+
+    safe_chunks: bool
+    on_out_of_range: OnOutOfRange
+    write_empty_chunks: bool | None
+
+
 def _shared_writer(
-    store: StoreLike, target: Store, safe_chunks: bool, on_out_of_range: OnOutOfRange
+    store: StoreLike, target: Store, group: str | None, options: _WriterOptions
 ) -> StreamWriter:
-    # Paths and URLs name a place: one writer serves every call with the same name. A Store
-    # object is its own thing (two stores on one place may differ in credentials, latency or
-    # fault injection), so it gets a writer of its own.
+    """The one :class:`StreamWriter` of this process for (``store``, ``group``, options).
+
+    Paths and URLs name a place: one writer serves every call with the same name (``target``,
+    the store rooted at the group, names the place and the group). A Store object is its own
+    thing (two stores on one place may differ in credentials, latency or fault injection), so
+    it gets writers of its own, one per group: keyed by the caller's object, not by ``target``
+    (a new object on every call when ``group`` is given), and kept with the entry so that its
+    id cannot be reused by another store while the writer lives.
+    """
     own = isinstance(store, Store)
-    name = f"object:{id(store)}" if own else store_key(target)
-    key = (name, safe_chunks, on_out_of_range)
+    name = f"object:{id(store)}:{group_path(group) if group else ''}" if own else store_key(target)
+    key = (name, *dataclasses.astuple(options))
+    owners: dict[tuple[Any, ...], object] = runtime.slot("shared_writer_owners", dict)
     with runtime.lock:
         writer = runtime.writers.get(key)
-    if writer is None or writer._closed or (own and writer.store is not store):
-        writer = StreamWriter(target, safe_chunks=safe_chunks, on_out_of_range=on_out_of_range)
+        same_owner = owners.get(key) is store
+    if writer is None or writer._closed or (own and not same_owner):
+        writer = StreamWriter(target, **_stream_options(options))
         with runtime.lock:
             runtime.writers[key] = writer
+            owners[key] = store
     assert isinstance(writer, StreamWriter)
     return writer
+
+
+def _stream_options(options: _WriterOptions) -> dict[str, Any]:
+    """Keywords of :class:`StreamWriter` for ``options`` (``write_empty_chunks`` only when
+    set: it needs a StreamWriter that takes it)."""
+    out: dict[str, Any] = {
+        "safe_chunks": options.safe_chunks,
+        "on_out_of_range": options.on_out_of_range,
+    }
+    if options.write_empty_chunks is not None:
+        if "write_empty_chunks" not in inspect.signature(StreamWriter).parameters:
+            raise OptionError(
+                "write_empty_chunks cannot be combined with blocking=False yet (this "
+                "StreamWriter does not take it); write with blocking=True, or leave "
+                "write_empty_chunks at its default"
+            )
+        out["write_empty_chunks"] = options.write_empty_chunks
+    return out
 
 
 def _write_dask(
@@ -226,8 +305,7 @@ def _write_dask(
     store: Store,
     info: TemplateInfo,
     root: bytes,
-    on_out_of_range: OnOutOfRange,
-    compute: bool,
+    opts: _Options,
 ) -> RegionWriteResult | Delayed:
     """Store every block through a :class:`~._dask.RegionTarget`: encoded on the worker that
     computed it, written with the same retries, limit and freshness gate as NumPy writes."""
@@ -249,13 +327,13 @@ def _write_dask(
         elif not planned_aligned(data.chunks, grid):
             data = data.rechunk(grid)  # type: ignore[no-untyped-call]  # dask: unannotated
         sources.append(data)
-        targets.append(
-            RegionTarget(store, w.name, root, arr.shape, arr.stored_dtype, on_out_of_range)
-        )
+        targets.append(_target(store, w.name, root, arr, opts))
         regions.append(w.selection)
     # every block range-checked before any block is stored (all or nothing)
-    sources = range_checked(sources, [w.name for w in planned.writes], info, on_out_of_range)
-    stored = da.store(sources, targets, regions=regions, lock=False, compute=False)
+    sources = range_checked(sources, [w.name for w in planned.writes], info, opts.on_out_of_range)
+    # one freshness gate per compute call, not per block (a task every store waits for)
+    into = gated(targets, info, root, regions)
+    stored = da.store(sources, into, regions=regions, lock=False, compute=False)
     result = RegionWriteResult(
         region=dict(planned.region),
         variables=tuple(w.name for w in planned.writes),
@@ -263,12 +341,27 @@ def _write_dask(
         nbytes=planned.nbytes,
     )
     if is_icechunk(store):  # blocks write through forks of the session, merged back into it
-        return write_dask_forked(store, sources, targets, regions, result, compute)
+        return write_dask_forked(store, sources, targets, regions, result, opts.compute)
     task: Delayed = delayed(_after, pure=False)(stored, result)
-    if compute:
+    if opts.compute:
         done: RegionWriteResult = task.compute()  # type: ignore[no-untyped-call]  # dask: unannotated
         return done
     return task
+
+
+def _target(store: Store, name: str, root: bytes, arr: ArrayInfo, opts: _Options) -> RegionTarget:
+    """The ``da.store`` target of one variable (with ``write_empty_chunks`` when given)."""
+    if opts.write_empty_chunks is None:
+        return RegionTarget(store, name, root, arr.shape, arr.stored_dtype, opts.on_out_of_range)
+    return EmptyChunksTarget(
+        store,
+        name,
+        root,
+        arr.shape,
+        arr.stored_dtype,
+        opts.on_out_of_range,
+        write_empty_chunks=opts.write_empty_chunks,
+    )
 
 
 def planned_aligned(have: tuple[tuple[int, ...], ...], grid: tuple[tuple[int, ...], ...]) -> bool:

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ._cli_advice import source_texts
 from ._cli_util import (
     Interrupts,
     for_shell,
@@ -208,6 +209,7 @@ def _add_check(sub: Any) -> None:
     p.add_argument("store", help="the archive: path or fsspec URL")
     p.add_argument("--time-dim", default="time", help="dimension to report ranges along")
     p.add_argument("--variables", type=_names, help="variables to check (default: all data)")
+    p.add_argument("--group", help="the archive's group inside STORE, e.g. a/b")
     p.add_argument(
         "--storage-options",
         type=json_object("--storage-options"),
@@ -356,6 +358,8 @@ def _error(args: argparse.Namespace, e: BaseException, code: int) -> int:
     )
     if isinstance(store, str):
         stores = store_texts(store, getattr(args, "storage_options", None))
+    sources = getattr(args, "paths", [])[:-1] or [getattr(args, "source", None) or ""]
+    stores = {**source_texts([s for s in sources if s]), **stores}  # relative paths as given
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     print(f"error: {for_shell(text, stores)}", file=sys.stderr)
     return code
@@ -474,7 +478,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     out = sys.stderr if to_stdout else sys.stdout
     with stdout_to_stderr() if to_stdout else contextlib.nullcontext():
         report = convert(sources, store, **_convert_kwargs(args))
-        print(report.summary(), file=out, flush=True)
+        # the store as given (not its resolved URL), flags instead of keywords
+        stores = store_texts(store, args.storage_options)
+        print(for_shell(report.summary(), stores), file=out, flush=True)
     if args.json:
         doc = dataclasses.asdict(report)
         doc["status"], doc["ok"] = report.status, report.ok
@@ -488,12 +494,16 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
     opts = args.storage_options
     status = check(
-        args.store, time_dim=args.time_dim, variables=args.variables, storage_options=opts
+        args.store,
+        time_dim=args.time_dim,
+        variables=args.variables,
+        storage_options=opts,
+        group=args.group,
     )
     out = sys.stderr if args.json == "-" else sys.stdout
     print(status.summary(), file=out)
     # chunks convert wrote with fill values where no source had data (see PARTIAL_ATTR)
-    record = read_record(resolve_store(args.store, storage_options=opts))
+    record = read_record(resolve_store(args.store, storage_options=opts, group=args.group))
     if args.variables:
         record = {v: c for v, c in record.items() if v in args.variables}
     partial = {v: c for v, c in record.items() if c}

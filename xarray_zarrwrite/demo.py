@@ -185,6 +185,11 @@ def _table(
         f"{t_xr / warm:.2f}x on the next; {first / t_floor:.2f}x and {warm / t_floor:.2f}x "
         "the floor's time."
     )
+    goals = [  # issue 12's goals, checked on this run (one run, no repeats: noisy)
+        ("faster than xarray by >= 1.5x", min(t_xr / first, t_xr / warm) >= 1.5),
+        ("within 1.3x of the floor", max(first, warm) / t_floor <= 1.3),
+    ]
+    out("goals: " + "; ".join(f"{g}: {'met' if ok else 'NOT met'}" for g, ok in goals))
 
 
 def floor_copy(files: list[str], var: str, chunk: int, out_dir: str, threads: int = 2) -> float:

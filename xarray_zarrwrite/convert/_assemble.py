@@ -3,17 +3,22 @@ straight into its part of it (by byte range for indexed sources, through xarray 
 
 No ``concat``, no per-source Dataset of the task's size: the decoded bytes are written once,
 into the array that :func:`~xarray_zarrwrite.api.write_region` then encodes.
+
+With files per member, a piece also says which members of the source (``msrc``) go to which
+members of the region (``mdst``); a source holding its member as a scalar coordinate fills one
+member (the variable's leading dimension, as ``expand_dims`` puts it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
 
 from ._index import RangeReader, VarIndex, decoded_dtype, read_decoded
+from ._plan import Piece
 from ._sources import SourceSpec, _load, _open_cached, select_variables
 
 if TYPE_CHECKING:
@@ -23,10 +28,14 @@ if TYPE_CHECKING:
 class _Buffers:
     """The task's output arrays, allocated when the first piece says their dims and dtype."""
 
-    def __init__(self, region: dict[str, tuple[int, int]], time_dim: str) -> None:
+    def __init__(
+        self, region: dict[str, tuple[int, int]], time_dim: str, member: str | None = None
+    ) -> None:
         self.region = region
         self.time_dim = time_dim
-        self.t0 = region[time_dim][0]
+        self.member = member
+        self.t0 = region.get(time_dim, (0, 0))[0]
+        self.m0 = region[member][0] if member is not None else 0
         self.arrays: dict[str, np.ndarray] = {}
         self.dims: dict[str, tuple[str, ...]] = {}
         self.meta: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
@@ -44,20 +53,32 @@ class _Buffers:
         a, b = self.region.get(dim, (0, n))
         return b - a
 
-    def sel(
-        self, dims: Sequence[str], shape: Sequence[int], src: tuple[int, int]
-    ) -> tuple[slice, ...]:
-        """The source box of a piece: ``src`` along time, the region elsewhere."""
-        return tuple(
-            slice(*src) if d == self.time_dim else slice(*self.region.get(d, (0, n)))
-            for d, n in zip(dims, shape, strict=True)
-        )
+    def sel(self, dims: Sequence[str], shape: Sequence[int], piece: Piece) -> tuple[slice, ...]:
+        """The source box of a piece: ``src`` along time, ``msrc`` along the member
+        dimension, the region elsewhere."""
+        out = []
+        for d, n in zip(dims, shape, strict=True):
+            if d == self.time_dim and piece.src is not None:
+                out.append(slice(*piece.src))
+            elif d == self.member and piece.mdst is not None:
+                out.append(slice(*(piece.msrc or (0, 1))))
+            else:
+                out.append(slice(*self.region.get(d, (0, n))))
+        return tuple(out)
 
-    def dst(self, dims: Sequence[str], dst: tuple[int, int]) -> tuple[slice, ...]:
-        return tuple(
-            slice(dst[0] - self.t0, dst[1] - self.t0) if d == self.time_dim else slice(None)
-            for d in dims
-        )
+    def dst(self, dims: Sequence[str], piece: Piece, squeeze: bool = False) -> tuple[Any, ...]:
+        """Where a piece goes in a buffer of ``dims`` (``squeeze``: its member as an index,
+        for a source without the member dimension)."""
+        out: list[Any] = []
+        for d in dims:
+            if d == self.time_dim and piece.dst is not None:
+                out.append(slice(piece.dst[0] - self.t0, piece.dst[1] - self.t0))
+            elif d == self.member and piece.mdst is not None:
+                a, b = piece.mdst[0] - self.m0, piece.mdst[1] - self.m0
+                out.append(a if squeeze else slice(a, b))
+            else:
+                out.append(slice(None))
+        return tuple(out)
 
     def dataset(self) -> xr.Dataset:
         out = {}
@@ -70,20 +91,20 @@ class _Buffers:
 def assemble(payload: TaskPayload) -> xr.Dataset:
     """The task's region as a Dataset of NumPy buffers (no coordinates: the client placed
     every source, and the region is given to the write explicitly)."""
-    task, time_dim = payload.task, payload.time_dim
-    bufs = _Buffers(dict(task.region), time_dim)
+    task = payload.task
+    bufs = _Buffers(dict(task.region), payload.time_dim, task.member_dim)
     for piece, spec in zip(task.pieces, payload.sources, strict=True):
-        assert piece.src is not None and piece.dst is not None
         index = spec.index
         indexed = {n: index.variables[n] for n in task.variables if index and n in index.variables}
         if indexed:
             assert index is not None
             with RangeReader(index) as reader:
                 for name, vi in indexed.items():
-                    _read_indexed(bufs, reader, name, vi, piece.src, piece.dst)
+                    expand = name in task.along_member and bufs.member not in vi.dims
+                    _read_indexed(bufs, reader, name, vi, piece, expand)
         rest = [n for n in task.variables if n not in indexed]
         if rest:
-            _read_xarray(payload, bufs, spec, rest, piece.src, piece.dst)
+            _read_xarray(payload, bufs, spec, rest, piece)
     return bufs.dataset()
 
 
@@ -92,13 +113,21 @@ def _read_indexed(
     reader: RangeReader,
     name: str,
     vi: VarIndex,
-    src: tuple[int, int],
-    dst: tuple[int, int],
+    piece: Piece,
+    expand: bool,
 ) -> None:
-    out = bufs.get(name, vi.dims, vi.shape, decoded_dtype(vi))
-    if bufs.dims[name] != vi.dims:
-        raise ValueError(f"{name!r} has dims {vi.dims} here and {bufs.dims[name]} elsewhere")
-    read_decoded(reader, vi, bufs.sel(vi.dims, vi.shape, src), out[bufs.dst(vi.dims, dst)])
+    """One variable of a piece by byte range (``expand``: the source holds its member as a
+    scalar coordinate; the buffer has the member dimension first)."""
+    dims: tuple[str, ...] = vi.dims
+    if expand:
+        assert bufs.member is not None
+        dims = (bufs.member, *vi.dims)
+    shape = (1, *vi.shape) if expand else vi.shape
+    out = bufs.get(name, dims, shape, decoded_dtype(vi))
+    if bufs.dims[name] != dims:
+        raise ValueError(f"{name!r} has dims {dims} here and {bufs.dims[name]} elsewhere")
+    box = bufs.sel(vi.dims, vi.shape, piece)
+    read_decoded(reader, vi, box, out[bufs.dst(dims, piece, squeeze=expand)])
 
 
 def _read_xarray(
@@ -106,19 +135,16 @@ def _read_xarray(
     bufs: _Buffers,
     spec: SourceSpec,
     names: Sequence[str],
-    src: tuple[int, int],
-    dst: tuple[int, int],
+    piece: Piece,
 ) -> None:
     """The variables ``names`` of one piece through xarray (sources the index cannot
     describe: NetCDF3, GRIB, Zarr, Datasets, ...), each copied into its buffer."""
-    time_dim = payload.time_dim
     ds = _open_cached(payload.run_id, spec)
     present = [n for n in names if n in ds.data_vars]
     ds = select_variables(ds, spec.label, payload.variables, payload.drop_variables)[present]
+    ds = expand_member(ds, bufs.member)
     extra = [c for c in ds.coords if c not in names]
-    sel = {d: slice(a, b) for d, (a, b) in bufs.region.items() if d != time_dim}
-    sel[time_dim] = slice(*src)
-    part = _load(ds.drop_vars(extra).isel({d: s for d, s in sel.items() if d in ds.dims}))
+    part = _load(ds.drop_vars(extra).isel(piece_selection(ds, bufs.region, payload, piece)))
     for name in names:
         if name not in part.variables:
             continue
@@ -130,7 +156,31 @@ def _read_xarray(
             encoding.pop("calendar", None)  # checked on the client against the template's
             bufs.meta[name] = (dict(var.attrs), encoding)
         values = var.transpose(*bufs.dims[name]).values
-        out[bufs.dst(bufs.dims[name], dst)] = values
+        out[bufs.dst(bufs.dims[name], piece)] = values
+
+
+def expand_member(ds: xr.Dataset, member: str | None) -> xr.Dataset:
+    """``ds`` with its scalar member coordinate made a dimension of its data variables."""
+    if member is not None and member not in ds.dims and member in ds.coords:
+        return ds.expand_dims(member)
+    return ds
+
+
+def piece_selection(
+    ds: xr.Dataset, region: Mapping[str, tuple[int, int]], payload: TaskPayload, piece: Piece
+) -> dict[Hashable, slice]:
+    """What ``isel`` takes of a source (expanded by :func:`expand_member`) for a piece."""
+    member = payload.task.member_dim
+    sel: dict[Hashable, slice] = {}
+    for d, (a, b) in region.items():
+        if d == payload.time_dim:
+            if piece.src is not None:
+                sel[d] = slice(*piece.src)
+        elif d == member and piece.mdst is not None:
+            sel[d] = slice(*(piece.msrc or (0, 1)))
+        else:
+            sel[d] = slice(a, b)
+    return {d: s for d, s in sel.items() if d in ds.dims}
 
 
 def _source_shape(ds: xr.Dataset, dims: Sequence[Any]) -> tuple[int, ...]:

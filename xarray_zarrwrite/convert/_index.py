@@ -23,11 +23,9 @@ for HDF5 < 1.14 (quadratic on B-tree layouts).
 
 from __future__ import annotations
 
-import base64
 import importlib
 import logging
 import os
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Self
@@ -240,32 +238,44 @@ def index_hdf5(
         handle: Any = fsspec.open(path, "rb", **dict(storage_options or {})).open()
     else:
         handle = path
-    found: dict[str, VarIndex] = {}
     try:
         with h5py.File(handle, "r") as f:
-            for name in names:
-                dset = f.get(name)
-                var = ds.variables.get(name)
-                if not isinstance(dset, h5py.Dataset) or var is None:
-                    continue
-                if tuple(dset.shape) != tuple(var.shape) or not decodes_like(dset.dtype, var):
-                    continue
-                vi = _h5_variable(dset, tuple(map(str, var.dims)), cf_encoding(var))
-                if vi is not None:
-                    found[name] = replace(vi, decoded=var.dtype.str)
+            index = index_open_hdf5(f, path, ds, names, storage_options)
     except (OSError, ValueError, TypeError) as exc:
         logger.info("cannot index %s (%s): reading it through xarray", path, exc)
         return None
     finally:
         if remote:
             handle.close()
+    if index is None or remote:
+        return index
+    st = os.stat(path)
+    return replace(index, stamp=(st.st_size, st.st_mtime_ns))
+
+
+def index_open_hdf5(
+    f: Any,
+    path: str,
+    ds: xr.Dataset,
+    names: Sequence[str],
+    storage_options: Mapping[str, Any] | None = None,
+) -> SourceIndex | None:
+    """:func:`index_hdf5` of the open ``h5py.File`` ``f`` (no ``stamp``)."""
+    h5py: Any = importlib.import_module("h5py")
+    found: dict[str, VarIndex] = {}
+    for name in names:
+        dset = f.get(name)
+        var = ds.variables.get(name)
+        if not isinstance(dset, h5py.Dataset) or var is None:
+            continue
+        if tuple(dset.shape) != tuple(var.shape) or not decodes_like(dset.dtype, var):
+            continue
+        vi = _h5_variable(dset, tuple(map(str, var.dims)), cf_encoding(var))
+        if vi is not None:
+            found[name] = replace(vi, decoded=var.dtype.str)
     if not found:
         return None
-    stamp = None
-    if not remote:
-        st = os.stat(path)
-        stamp = (st.st_size, st.st_mtime_ns)
-    return SourceIndex((path,), found, dict(storage_options or {}), stamp)
+    return SourceIndex((path,), found, dict(storage_options or {}))
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -356,9 +366,7 @@ class RangeReader:
                 if isinstance(b, Exception):
                     raise b
             return [memoryview(b) for b in blobs]
-        fd = self._fds.get(u)
-        if fd is None:
-            fd = self._fds[u] = os.open(url, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = self._fd(u)
         total = sum(b - a for a, b in ranges)
         buf = memoryview(bytearray(total))
         pos, views = 0, []
@@ -370,6 +378,14 @@ class RangeReader:
             views.append(view)
             pos += b - a
         return views
+
+    def _fd(self, u: int) -> int:
+        """The open descriptor of the local file ``urls[u]``."""
+        fd = self._fds.get(u)
+        if fd is None:
+            url = self.index.urls[u]
+            fd = self._fds[u] = os.open(url, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        return fd
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -408,6 +424,8 @@ def read_raw(
     if out is None:
         out = np.empty(shape, dtype=vi.dtype)
     if 0 in shape:
+        return out
+    if _read_rows_into(reader, vi, bounds, out):
         return out
     lo = [a // c for (a, _), c in zip(bounds, vi.chunks, strict=True)]
     hi = [-(-b // c) for (_, b), c in zip(bounds, vi.chunks, strict=True)]
@@ -453,6 +471,38 @@ def read_raw(
     return out
 
 
+def _read_rows_into(
+    reader: RangeReader, vi: VarIndex, bounds: Sequence[tuple[int, int]], out: np.ndarray
+) -> bool:
+    """Whole rows of an unfiltered contiguous variable lying back to back in one local file:
+    one read straight into ``out`` (no intermediate buffer, no copy). False: not the case."""
+    if vi.codecs or vi.inline or vi.url_ids is not None or vi.order != "C":
+        return False
+    if (
+        vi.chunks[0] != 1
+        or vi.chunks[1:] != vi.shape[1:]
+        or any(b - a != n for (a, b), n in zip(bounds[1:], vi.shape[1:], strict=True))
+    ):
+        return False
+    if not out.flags.c_contiguous or out.dtype != np.dtype(vi.dtype):
+        return False
+    url = reader.index.urls[0]
+    if "://" in url or "::" in url:
+        return False
+    start, stop = bounds[0]
+    offsets = vi.offsets.reshape(-1)[start:stop]
+    row = int(vi.sizes.reshape(-1)[start])
+    if row != out[0].nbytes or offsets[0] < 0:
+        return False
+    if len(offsets) > 1 and not (np.diff(offsets) == row).all():
+        return False
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = _pread_into(reader._fd(0), view, int(offsets[0]))
+    if got != len(view):
+        raise OSError(f"{url}: read {got} of {len(view)} bytes at {offsets[0]} (truncated?)")
+    return True
+
+
 def _decode_chunk(blob: Any, chain: list[Any], mask: int, vi: VarIndex) -> np.ndarray:
     data = blob
     for k in range(len(chain) - 1, -1, -1):
@@ -474,97 +524,3 @@ def read_decoded(reader: RangeReader, vi: VarIndex, sel: Sequence[slice], out: n
         read_raw(reader, vi, sel, out)  # no copy: the chunks decode into the task's buffer
     else:  # another byte order
         out[...] = read_raw(reader, vi, sel)
-
-
-# --- keeping the index next to the archive ------------------------------------------------
-
-
-def _pack(a: np.ndarray | None) -> Any:
-    if a is None:
-        return None
-    raw = np.ascontiguousarray(a, dtype="<i8").tobytes()
-    return {"shape": list(a.shape), "z": base64.b64encode(zlib.compress(raw, 1)).decode()}
-
-
-def _unpack(d: Any) -> np.ndarray | None:
-    if d is None:
-        return None
-    raw = zlib.decompress(base64.b64decode(d["z"]))
-    return np.frombuffer(raw, dtype="<i8").reshape(d["shape"]).astype(np.int64)
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, np.ndarray):
-        return {"__nd__": v.dtype.str, "v": [_jsonable(x) for x in v.tolist()]}
-    if isinstance(v, np.generic):
-        return {"__np__": v.dtype.str, "v": _jsonable(v.item())}
-    if isinstance(v, float) and not np.isfinite(v):
-        return {"__f__": repr(v)}
-    if isinstance(v, bytes):
-        return {"__b__": base64.b64encode(v).decode()}
-    return v
-
-
-def _from_json(v: Any) -> Any:
-    if isinstance(v, dict):
-        if "__nd__" in v:
-            return np.array([_from_json(x) for x in v["v"]], dtype=v["__nd__"])
-        if "__np__" in v:
-            return np.array(_from_json(v["v"]), dtype=v["__np__"])[()]
-        if "__f__" in v:
-            return float(v["__f__"])
-        if "__b__" in v:
-            return base64.b64decode(v["__b__"])
-    return v
-
-
-def to_json(index: SourceIndex) -> dict[str, Any]:
-    """A JSON-able form of ``index`` (kept in the archive, see :mod:`._index_store`)."""
-    return {
-        "urls": list(index.urls),
-        "stamp": list(index.stamp) if index.stamp else None,
-        "variables": {
-            n: {
-                "dims": list(v.dims),
-                "shape": list(v.shape),
-                "chunks": list(v.chunks),
-                "dtype": v.dtype,
-                "codecs": [dict(c) for c in v.codecs],
-                "offsets": _pack(v.offsets),
-                "sizes": _pack(v.sizes),
-                "url_ids": _pack(v.url_ids),
-                "masks": _pack(v.masks),
-                "fill": _jsonable(v.fill),
-                "encoding": {k: _jsonable(x) for k, x in v.encoding.items()},
-                "inline": {str(k): _jsonable(b) for k, b in v.inline.items()},
-                "order": v.order,
-                "decoded": v.decoded,
-            }
-            for n, v in index.variables.items()
-        },
-    }
-
-
-def from_json(doc: Mapping[str, Any], storage_options: Mapping[str, Any]) -> SourceIndex:
-    variables = {}
-    for n, v in doc["variables"].items():
-        offsets, sizes = _unpack(v["offsets"]), _unpack(v["sizes"])
-        assert offsets is not None and sizes is not None
-        variables[n] = VarIndex(
-            dims=tuple(v["dims"]),
-            shape=tuple(v["shape"]),
-            chunks=tuple(v["chunks"]),
-            dtype=v["dtype"],
-            codecs=tuple(v["codecs"]),
-            offsets=offsets,
-            sizes=sizes,
-            url_ids=_unpack(v["url_ids"]),
-            masks=_unpack(v["masks"]),
-            fill=_from_json(v["fill"]),
-            encoding={k: _from_json(x) for k, x in v["encoding"].items()},
-            inline={int(k): _from_json(b) for k, b in v["inline"].items()},
-            order=v["order"],
-            decoded=v.get("decoded", ""),
-        )
-    stamp = (int(doc["stamp"][0]), int(doc["stamp"][1])) if doc.get("stamp") else None
-    return SourceIndex(tuple(doc["urls"]), variables, dict(storage_options), stamp)

@@ -11,15 +11,18 @@ path and stamped with its size and modification time: a file that changed is ind
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
-from collections.abc import Sequence
+import zlib
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
+import numpy as np
 import zarr
 
-from ._index import from_json, to_json
+from ._index import SourceIndex, VarIndex
 from ._sources import SourceSchema, SourceSpec
 
 logger = logging.getLogger(__name__)
@@ -81,3 +84,97 @@ def save(target: Any, specs: Sequence[SourceSpec]) -> None:
         group.attrs[_KEY] = old
     except Exception as exc:  # noqa: BLE001  (keeping the index is optional)
         logger.warning("could not keep the source index in the archive: %s", exc)
+
+
+# --- the JSON form of an index ------------------------------------------------------
+
+
+def _pack(a: np.ndarray | None) -> Any:
+    if a is None:
+        return None
+    raw = np.ascontiguousarray(a, dtype="<i8").tobytes()
+    return {"shape": list(a.shape), "z": base64.b64encode(zlib.compress(raw, 1)).decode()}
+
+
+def _unpack(d: Any) -> np.ndarray | None:
+    if d is None:
+        return None
+    raw = zlib.decompress(base64.b64decode(d["z"]))
+    return np.frombuffer(raw, dtype="<i8").reshape(d["shape"]).astype(np.int64)
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return {"__nd__": v.dtype.str, "v": [_jsonable(x) for x in v.tolist()]}
+    if isinstance(v, np.generic):
+        return {"__np__": v.dtype.str, "v": _jsonable(v.item())}
+    if isinstance(v, float) and not np.isfinite(v):
+        return {"__f__": repr(v)}
+    if isinstance(v, bytes):
+        return {"__b__": base64.b64encode(v).decode()}
+    return v
+
+
+def _from_json(v: Any) -> Any:
+    if isinstance(v, dict):
+        if "__nd__" in v:
+            return np.array([_from_json(x) for x in v["v"]], dtype=v["__nd__"])
+        if "__np__" in v:
+            return np.array(_from_json(v["v"]), dtype=v["__np__"])[()]
+        if "__f__" in v:
+            return float(v["__f__"])
+        if "__b__" in v:
+            return base64.b64decode(v["__b__"])
+    return v
+
+
+def to_json(index: SourceIndex) -> dict[str, Any]:
+    """A JSON-able form of ``index`` (kept in the archive, see :mod:`._index_store`)."""
+    return {
+        "urls": list(index.urls),
+        "stamp": list(index.stamp) if index.stamp else None,
+        "variables": {
+            n: {
+                "dims": list(v.dims),
+                "shape": list(v.shape),
+                "chunks": list(v.chunks),
+                "dtype": v.dtype,
+                "codecs": [dict(c) for c in v.codecs],
+                "offsets": _pack(v.offsets),
+                "sizes": _pack(v.sizes),
+                "url_ids": _pack(v.url_ids),
+                "masks": _pack(v.masks),
+                "fill": _jsonable(v.fill),
+                "encoding": {k: _jsonable(x) for k, x in v.encoding.items()},
+                "inline": {str(k): _jsonable(b) for k, b in v.inline.items()},
+                "order": v.order,
+                "decoded": v.decoded,
+            }
+            for n, v in index.variables.items()
+        },
+    }
+
+
+def from_json(doc: Mapping[str, Any], storage_options: Mapping[str, Any]) -> SourceIndex:
+    variables = {}
+    for n, v in doc["variables"].items():
+        offsets, sizes = _unpack(v["offsets"]), _unpack(v["sizes"])
+        assert offsets is not None and sizes is not None
+        variables[n] = VarIndex(
+            dims=tuple(v["dims"]),
+            shape=tuple(v["shape"]),
+            chunks=tuple(v["chunks"]),
+            dtype=v["dtype"],
+            codecs=tuple(v["codecs"]),
+            offsets=offsets,
+            sizes=sizes,
+            url_ids=_unpack(v["url_ids"]),
+            masks=_unpack(v["masks"]),
+            fill=_from_json(v["fill"]),
+            encoding={k: _from_json(x) for k, x in v["encoding"].items()},
+            inline={int(k): _from_json(b) for k, b in v["inline"].items()},
+            order=v["order"],
+            decoded=v.get("decoded", ""),
+        )
+    stamp = (int(doc["stamp"][0]), int(doc["stamp"][1])) if doc.get("stamp") else None
+    return SourceIndex(tuple(doc["urls"]), variables, dict(storage_options), stamp)

@@ -1,10 +1,11 @@
 """File layouts: which sources hold which variables.
 
 Sources may split the archive along time (one file per year), by variable (one file per
-variable, as ERA5 and CMIP deliver them), or both (one file per variable and year). Variables
-held by exactly the same sources form a *class*; each class is planned on its own, from its
-own sources, so a task only ever reads variables its sources hold. Within a class every time
-step of every variable comes from exactly one source.
+variable, as ERA5 and CMIP deliver them), along a member dimension (one file per ensemble
+member, :mod:`._members`), or any mix of these (one file per variable, member and year).
+Variables held by exactly the same sources form a *class*; each class is planned on its own,
+from its own sources, so a task only ever reads variables its sources hold. Within a class
+every time step (of every member) of every variable comes from exactly one source.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
+from .._check import object_chunks
 from ..errors import ConvertOptionError, LayoutError, SourceError
-from ._plan import Plan, Task, plan_tasks
+from ._members import expand_example, infer_members
+from ._plan import Members, Plan, Task, plan_tasks
 from ._sources import SourceSchema, SourceSpec, _load, open_source, select_variables, with_indexes
 
 if TYPE_CHECKING:
@@ -51,22 +55,33 @@ def check_overlaps(
     axis_label: Mapping[int, object] | Sequence[object],
     time_dim: str,
 ) -> None:
-    """Refuse two sources holding the same time step of the same variable (names both)."""
+    """Refuse two sources holding the same time step (of the same member) of the same
+    variable (names both)."""
+    members: Members | None = getattr(positions, "members", None)
+    nrow = 1 if members is None else members.size
     for cls in variable_classes(schemas):
-        owner = np.full(axis_len, -1, dtype=np.int64)
+        owner = np.full((nrow, axis_len), -1, dtype=np.int32)
         for i in cls.sources:
-            pos = positions[i]
-            clash = owner[pos] >= 0
+            pos = np.asarray(positions[i], dtype=np.int64)
+            rows = np.zeros(1, np.int64) if members is None else members.positions[i]
+            cells = np.ix_(rows, pos)
+            clash = owner[cells] >= 0
             if clash.any():
-                j = int(owner[pos[clash][0]])
-                label = axis_label[int(pos[clash][0])]
+                r, t = (int(x[0]) for x in np.nonzero(clash))
+                j = int(owner[rows[r], pos[t]])
+                label = axis_label[int(pos[t])]
                 shared = ", ".join(repr(v) for v in cls.variables)
+                which = "" if members is None else f" of {members.dim} {_member(members, rows[r])}"
                 raise LayoutError(
                     f"sources {schemas[j].label!r} and {schemas[i].label!r} both hold "
-                    f"{time_dim} {label!r} of {shared} ({int(clash.sum())} shared step(s)); "
-                    "every time step of a variable must come from exactly one source"
+                    f"{time_dim} {label!r}{which} of {shared} ({int(clash.sum())} shared "
+                    "step(s)); every time step of a variable must come from exactly one source"
                 )
-            owner[pos] = i
+            owner[cells] = i
+
+
+def _member(members: Members, position: int) -> str:
+    return repr(members.labels[position]) if members.labels else f"#{position}"
 
 
 def plan_layout(
@@ -105,6 +120,7 @@ def plan_layout(
             static_vars=statics,
             budget=budget,
             slots=slots,
+            members=getattr(positions, "members", None),
         )
         base = len(tasks)
         tasks.extend(replace(t, index=base + n) for n, t in enumerate(plan.tasks))
@@ -136,22 +152,34 @@ def covered_by_variable(
     time_dim: str,
 ) -> dict[str, np.ndarray]:
     """Per array of ``names``: the template positions along time that a source holding it has
-    (time-dependent coordinates: those of every source)."""
+    (time-dependent coordinates: those of every source). With files per member, a step is
+    covered when every member of an array along the member dimension has it."""
     n = info.sizes[time_dim]
-    every = np.zeros(n, dtype=bool)
-    for pos in positions:
-        every[pos] = True
+    members: Members | None = getattr(positions, "members", None)
     out: dict[str, np.ndarray] = {}
     for name in names:
         holders = [i for i, s in enumerate(schemas) if name in s.data_vars]
-        if not holders:
-            out[name] = every
-            continue
-        mask = np.zeros(n, dtype=bool)
+        holders = holders or list(range(len(schemas)))
+        per_member = members is not None and members.dim in info.arrays[name].dims
+        mask = np.zeros((members.size if members and per_member else 1, n), dtype=bool)
         for i in holders:
-            mask[positions[i]] = True
-        out[name] = mask
+            rows = members.positions[i] if members is not None and per_member else [0]
+            mask[np.ix_(np.asarray(rows, dtype=np.int64), positions[i])] = True
+        if members is not None and per_member:
+            mask = mask[_touched_rows(info, name, members, holders)]
+        out[name] = mask.all(axis=0) if len(mask) else np.zeros(n, dtype=bool)
     return out
+
+
+def _touched_rows(
+    info: TemplateInfo, name: str, members: Members, holders: Sequence[int]
+) -> np.ndarray:
+    """The members of the chunks along the member dimension that this run's sources of
+    ``name`` write to (whole chunks: a chunk's member without a source is not covered)."""
+    chunk = object_chunks(info.zarr_arrays[name])[info.arrays[name].dims.index(members.dim)]
+    blocks = {int(r) // chunk for i in holders for r in members.positions[i]}
+    rows = [r for b in sorted(blocks) for r in range(b * chunk, min((b + 1) * chunk, members.size))]
+    return np.asarray(rows, dtype=np.int64)
 
 
 def with_layout_variables(
@@ -165,6 +193,31 @@ def with_layout_variables(
     """``example`` (of the first source) with the data variables it lacks, each taken from
     the first source that holds it: their first step, on the example's first label (or, with
     ``one_step`` False, for packing ranges, their whole first source, loaded)."""
+    members = infer_members(schemas, time_dim)
+    merged = _with_variables(example, specs, schemas, time_dim, one_step, selection)
+    return merged if members is None else expand_example(merged, members)
+
+
+def with_members(
+    example: xr.Dataset,
+    schemas: Sequence[SourceSchema],
+    time_dim: str,
+    template: Mapping[str, pd.Index] | None = None,
+) -> xr.Dataset:
+    """``example`` along the whole member axis when the sources are files per member (that
+    of the existing archive whose ``template`` indexes are given); else ``example`` itself."""
+    members = infer_members(schemas, time_dim, template)
+    return example if members is None else expand_example(example, members)
+
+
+def _with_variables(
+    example: xr.Dataset,
+    specs: Sequence[SourceSpec],
+    schemas: Sequence[SourceSchema],
+    time_dim: str,
+    one_step: bool,
+    selection: tuple[Sequence[str] | None, Sequence[str] | None],
+) -> xr.Dataset:
     wanted: dict[str, int] = {}
     for i, s in enumerate(schemas):
         for name in s.data_vars:

@@ -40,7 +40,7 @@ from ..codecs.cf import (
     template_encoding,
 )
 from ..errors import ConvertOptionError, PackingError
-from ._sources import SourceSpec, open_source
+from ._sources import SourceSchema, SourceSpec, open_source
 
 if TYPE_CHECKING:
     from .._open import TemplateInfo
@@ -218,15 +218,51 @@ def value_range(var: xr.Variable) -> tuple[float, float] | None:
     return (lo, hi) if lo <= hi else None
 
 
+def probe_indexed(
+    spec: SourceSpec, schema: SourceSchema, names: Sequence[str]
+) -> SourceProbe | None:
+    """:func:`probe_source` without opening the file: the packing from the source's
+    byte-range index (the CF encoding the scan read), the decoded dtype from its schema.
+    None when a float variable of ``names`` the source holds is not in the index."""
+    packings, dtypes = {}, {}
+    for name in names:
+        var = schema.data_vars.get(name)
+        if var is None or var.dtype.kind != "f":
+            continue
+        vi = spec.index.variables.get(name) if spec.index is not None else None
+        if vi is None:
+            return None
+        enc = vi.encoding
+        packings[name] = {
+            "dtype": np.dtype(vi.dtype),
+            **{k: enc[k] for k in _PACK_KEYS[1:] if k in enc},
+        }
+        dtypes[name] = np.dtype(var.dtype)
+    return SourceProbe(spec.label, packings, dtypes, {})
+
+
 def probe_all(
-    runner: Any, specs: Sequence[SourceSpec], names: Sequence[str], scan: Sequence[Sequence[str]]
+    runner: Any,
+    specs: Sequence[SourceSpec],
+    names: Sequence[str],
+    scan: Sequence[Sequence[str]],
+    schemas: Sequence[SourceSchema] | None = None,
 ) -> list[SourceProbe]:
     """:func:`probe_source` for every source (``scan[i]``: the variables whose values to
     scan in ``specs[i]``), in parallel: on the workers of a dask client (which may see files
-    the client does not), else on threads here."""
+    the client does not), else on threads here. With ``schemas``, sources whose values are
+    not scanned and whose index holds the variables are not opened (:func:`probe_indexed`)."""
     out: list[SourceProbe | None] = [None] * len(specs)
+    if schemas is not None:
+        for i, (spec, schema) in enumerate(zip(specs, schemas, strict=True)):
+            if not scan[i] and spec.dataset is None:
+                out[i] = probe_indexed(spec, schema, names)
     client: Any = getattr(runner, "client", None)
-    remote = [i for i, s in enumerate(specs) if s.dataset is None] if client is not None else []
+    remote = (
+        [i for i, s in enumerate(specs) if s.dataset is None and out[i] is None]
+        if client is not None
+        else []
+    )
     if remote:
         futures = client.map(
             probe_source,
@@ -324,6 +360,7 @@ def plan_new_template(
     example: xr.Dataset,
     kw: dict[str, Any],
     zarr_format: int,
+    schemas: Sequence[SourceSchema] | None = None,
 ) -> xr.Dataset:
     """Decide the encoding of a new template made from ``example`` (the first source) and
     refuse, before anything is written, sources whose values it cannot store.
@@ -359,7 +396,7 @@ def plan_new_template(
         packed = packing_encodings(example, packing, zarr_format)
     names = [str(n) for n, v in example.data_vars.items() if v.dtype.kind == "f"]
     explicit = (set(user) | set(packed)) & set(names)
-    probes = probe_all(runner, specs, names, [()] * len(specs))
+    probes = probe_all(runner, specs, names, [()] * len(specs), schemas)
     modes = {}
     for name in names:
         packs = [p.packings[name] for p in probes if name in p.packings]
@@ -374,7 +411,7 @@ def plan_new_template(
     check = _to_check(probes, targets, floats)
     wanted = [sorted({*scanned, *c}) for c in check]
     if any(wanted):
-        probes = probe_all(runner, specs, names, wanted)
+        probes = probe_all(runner, specs, names, wanted, schemas)
     for name in names:
         if modes[name] == "float":
             dtype = np.result_type(*(p.dtypes[name] for p in probes if name in p.dtypes))
@@ -397,6 +434,7 @@ def check_reused_template(
     specs: Sequence[SourceSpec],
     info: TemplateInfo,
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    schemas: Sequence[SourceSchema] | None = None,
 ) -> None:
     """Refuse, before anything is written, an ``encoding=`` the existing template does not
     have, and sources packed differently from the template whose values it cannot store
@@ -417,10 +455,10 @@ def check_reused_template(
     }
     if not any(needs_range_check(np.dtype("f8"), t) for t in targets.values()):
         return
-    probes = probe_all(runner, specs, list(targets), [()] * len(specs))
+    probes = probe_all(runner, specs, list(targets), [()] * len(specs), schemas)
     check = _to_check(probes, targets, set())
     if any(check):
-        probes = probe_all(runner, specs, list(targets), check)
+        probes = probe_all(runner, specs, list(targets), check, schemas)
         check_sources_fit(targets, probes, check, dict.fromkeys(targets, "the existing template's"))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,6 +27,8 @@ from ..errors import (
     VariableNotInTemplateError,
 )
 from ._layout import check_overlaps
+from ._members import MemberAxis, expand_schema, infer_members, member_positions
+from ._plan import Members
 from ._sources import SourceSchema, VariableSchema
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ class Reference:
     indexes: Mapping[str, pd.Index]
     sizes: Mapping[str, int]  # dimensions other than time
     calendar: str | None = None  # of the time axis (None: not said)
+    members: MemberAxis | None = None  # files per member: the member dimension
 
     @classmethod
     def from_template(cls, info: TemplateInfo, time_dim: str) -> Reference:
@@ -77,17 +80,29 @@ class Reference:
     ) -> Reference:
         """The reference of a template about to be made from ``first`` (and, for variables
         ``first`` does not hold, the first of ``others`` that does)."""
+        members = infer_members([first, *others], time_dim)
+        if members is not None:
+            first, others = (
+                expand_schema(first, members),
+                [expand_schema(s, members) for s in others],
+            )
         data_vars = dict(first.data_vars)
         for s in others:
             for name, var in s.data_vars.items():
                 data_vars.setdefault(name, var)
+        indexes = dict(first.indexes)
+        sizes = {d: n for d, n in first.sizes.items() if d != time_dim}
+        if members is not None:  # the union of the sources' members
+            indexes[members.dim] = members.labels
+            sizes[members.dim] = len(members.labels)
         return cls(
             what=f"the first source {first.label!r}",
             axis=axis,
             data_vars=data_vars,
-            indexes=first.indexes,
-            sizes={d: n for d, n in first.sizes.items() if d != time_dim},
+            indexes=indexes,
+            sizes=sizes,
             calendar=first.calendar,
+            members=members,
         )
 
 
@@ -134,6 +149,9 @@ def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.n
         (:class:`DimensionMismatchError`), dtypes (:class:`DtypeCastError`), coordinate labels
         (:class:`RegionLabelError`), or attributes (:class:`RegionError`).
     """
+    if ref.members is not None:
+        schema = expand_schema(schema, ref.members)
+    member = None if ref.members is None else ref.members.dim
     src = schema.label
     _check_calendar(schema, ref)
     # a source may hold some of the variables (files per variable); never others
@@ -151,7 +169,7 @@ def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.n
         check_dtype(name, var.dtype, target.dtype, prefix=prefix, what=ref.what)
         check_attrs(name, var.attrs, target.attrs, prefix=prefix, what=ref.what)
     for dim, n in schema.sizes.items():
-        if dim == time_dim:
+        if dim in (time_dim, member):
             continue
         if dim not in ref.sizes:
             raise DimensionMismatchError(
@@ -163,7 +181,7 @@ def validate_source(schema: SourceSchema, ref: Reference, time_dim: str) -> np.n
             )
     for dim, index in schema.indexes.items():
         theirs = ref.indexes.get(dim)
-        if theirs is None:
+        if theirs is None or dim == member:
             continue
         if not index.equals(theirs):
             diff = np.flatnonzero(np.asarray(index) != np.asarray(theirs))
@@ -221,11 +239,30 @@ def _infer_axis(
     return axis, freq
 
 
-def place_sources(
-    schemas: Sequence[SourceSchema], ref: Reference, time_dim: str
-) -> list[np.ndarray]:
+class Placement(list[np.ndarray]):
+    """Per source, the template positions of its time labels; with files per member,
+    :attr:`members` says where each source lies along the member dimension too."""
+
+    members: Members | None = None
+
+
+def place_sources(schemas: Sequence[SourceSchema], ref: Reference, time_dim: str) -> Placement:
     """Validate every source and return its label positions; refuses two sources holding
-    the same time step of the same variable (:class:`LayoutError`, a RegionLabelError too)."""
-    positions = [validate_source(s, ref, time_dim) for s in schemas]
+    the same time step of the same variable (and member) (:class:`LayoutError`, a
+    RegionLabelError too)."""
+    if ref.members is None and ref.what == "the template":
+        found = infer_members(schemas, time_dim, {**ref.indexes})
+        if found is not None:
+            ref = replace(ref, members=found)
+    positions = Placement(validate_source(s, ref, time_dim) for s in schemas)
+    if ref.members is not None:
+        axis = ref.members
+        positions.members = Members(
+            axis.dim,
+            len(axis.labels),
+            tuple(member_positions(expand_schema(s, axis), axis, ref.what) for s in schemas),
+            tuple(axis.scalar and axis.dim not in s.sizes for s in schemas),
+            tuple(axis.labels.tolist()),
+        )
     check_overlaps(schemas, positions, len(ref.axis), ref.axis, time_dim)
     return positions

@@ -39,6 +39,34 @@ class Piece:
     source: int
     src: tuple[int, int] | None
     dst: tuple[int, int] | None
+    #: files per member: positions along the member dimension in the source (None: the source
+    #: holds its member as a scalar coordinate, read as a dimension of length 1) ...
+    msrc: tuple[int, int] | None = None
+    #: ... and the template positions they go to (None: no member layout)
+    mdst: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Members:
+    """Files per member: the sources split the template along ``dim`` too.
+
+    Attributes
+    ----------
+    dim
+        The member dimension of the template.
+    size
+        Its length in the template.
+    positions
+        Per source: the template positions of its labels along ``dim``, in its own order.
+    scalar
+        Per source: it holds its member as a scalar coordinate (one label, no dimension).
+    """
+
+    dim: str
+    size: int
+    positions: tuple[np.ndarray, ...]
+    scalar: tuple[bool, ...]
+    labels: tuple[object, ...] = ()  # of the template, for messages
 
 
 @dataclass(frozen=True)
@@ -61,6 +89,12 @@ class Task:
         ``(start, stop)`` template positions along time inside ``region`` that no source
         covers: the task owns a write unit only partly covered by the sources, and writes it
         whole, merged with what the store already holds there (fill values elsewhere).
+    member_dim
+        Files per member: the member dimension (in ``region``; pieces say which part of it
+        each source fills).
+    along_member
+        The variables of the task that have ``member_dim`` (the others, written by the tasks
+        of the first member block, come from any of its sources).
     """
 
     index: int
@@ -69,6 +103,8 @@ class Task:
     pieces: tuple[Piece, ...]
     nbytes: int
     missing: tuple[tuple[int, int], ...] = ()
+    member_dim: str | None = None
+    along_member: tuple[str, ...] = ()
 
     def chunk_indices(self, info: TemplateInfo) -> dict[str, list[tuple[int, ...]]]:
         """The chunk objects this task writes, per variable."""
@@ -135,6 +171,7 @@ def plan_tasks(
     static_vars: Sequence[str] = (),
     budget: int,
     slots: int = 1,
+    members: Members | None = None,
 ) -> Plan:
     """Group the template's output chunks into tasks (pure: no I/O).
 
@@ -158,60 +195,196 @@ def plan_tasks(
         Peak memory one task may use, in bytes.
     slots
         Tasks that run at once (for load balance).
+    members
+        Files per member: the sources split the template along a member dimension too. Each
+        task then also owns a block of whole chunks along it; a write unit is whole when
+        every member of its block has a source for every step.
     """
     ntime = info.sizes[time_dim]
-    owner = np.full(ntime, -1, dtype=np.int64)
-    local = np.full(ntime, -1, dtype=np.int64)
-    for i, pos in enumerate(positions):
-        owner[pos] = i
-        local[pos] = np.arange(len(pos))
+    owner, local, mlocal = _owners(positions, members, ntime)
     unit = math.lcm(*(_tchunk(info, n, time_dim) for n in write_vars)) if write_vars else ntime
-    sizer = _Sizer.make(info, write_vars, static_vars, time_dim, unit, budget)
+    mspans = _member_spans(info, members, [*write_vars, *static_vars])
+    sizer = _Sizer.make(info, write_vars, static_vars, time_dim, unit, budget, members)
     nblocks = -(-ntime // unit)
-    have = np.concatenate([owner >= 0, np.ones(nblocks * unit - ntime, dtype=bool)])
-    full = have.reshape(nblocks, unit).all(axis=1)
-    some = (
-        np.concatenate([owner >= 0, np.zeros(nblocks * unit - ntime, dtype=bool)])
-        .reshape(nblocks, unit)
-        .any(axis=1)
+    pad = nblocks * unit - ntime
+    blocks = []
+    for m0, m1 in mspans:
+        held = owner[m0:m1] >= 0
+        have_all, have_any = held.all(axis=0), held.any(axis=0)
+        full = np.concatenate([have_all, np.ones(pad, dtype=bool)]).reshape(nblocks, unit)
+        some = np.concatenate([have_any, np.zeros(pad, dtype=bool)]).reshape(nblocks, unit)
+        blocks.append((m0, m1, have_all, full.all(axis=1), some.any(axis=1)))
+    nfull = sum(int(b[3].sum()) for b in blocks)
+    per_block = max(
+        max((sizer.nbytes(write_vars, k, unit, s) for k in sizer.parts for s in mspans), default=0),
+        1,
     )
-    per_block = max(max((sizer.nbytes(write_vars, k, unit) for k in sizer.parts), default=0), 1)
     per_task = min(
         max(1, int(budget // (PEAK_FACTOR * per_block))),
         max(1, MAX_TASK_BYTES // per_block),
-        max(1, (int(full.sum()) * len(sizer.spans)) // max(1, TASKS_PER_SLOT * slots)),
+        max(1, (nfull * len(sizer.spans)) // max(1, TASKS_PER_SLOT * slots)),
     )
-    spans: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
-    if write_vars:
-        for run_lo, run_hi in _runs(full):
-            for b0 in range(run_lo, run_hi, per_task):
-                spans.append((b0 * unit, min(min(b0 + per_task, run_hi) * unit, ntime), ()))
-        for b in np.flatnonzero(some & ~full).tolist():
-            t0, t1 = b * unit, min((b + 1) * unit, ntime)
-            missing = tuple((t0 + a, t0 + z) for a, z in _runs(owner[t0:t1] < 0))
-            spans.append((t0, t1, missing))
-    spans.sort()
     tasks: list[Task] = []
-    for t0, t1, missing in spans:
-        pieces = _pieces(owner[t0:t1], local[t0:t1], t0)
-        for k in sizer.parts:
-            tasks.append(sizer.task(len(tasks), write_vars, k, (t0, t1), pieces, missing))
-    if static_vars and positions:
-        first = int(np.argmin([p.min() if len(p) else ntime for p in positions]))
-        for k in sizer.parts:
-            if sizer.owned(static_vars, k):
-                tasks.append(
-                    sizer.task(len(tasks), static_vars, k, None, (Piece(first, None, None),))
-                )
-    gaps: list[tuple[int, int]] = []
-    covered = np.concatenate(positions) if positions else np.empty(0, dtype=np.int64)
-    if covered.size and write_vars:
-        inside = np.zeros(ntime, dtype=bool)
-        inside[int(np.min(covered)) : int(np.max(covered)) + 1] = True
-        gaps = _runs((owner < 0) & inside)
-    partial = tuple((t0, t1) for t0, t1, missing in spans if missing)
+    gaps: set[tuple[int, int]] = set()
+    partial: set[tuple[int, int]] = set()
+    for b, (m0, m1, have_all, full, some) in enumerate(blocks):
+        spans = _time_spans(full, some, have_all, unit, ntime, per_task) if write_vars else []
+        mspan = (m0, m1) if members is not None else None
+        for t0, t1, missing in spans:
+            pieces = _block_pieces(owner, local, mlocal, (t0, t1), mspan, members)
+            for k in sizer.parts:
+                if sizer.owned(write_vars, k, b):
+                    tasks.append(
+                        sizer.task(len(tasks), write_vars, k, (t0, t1), pieces, missing, mspan, b)
+                    )
+        partial.update((t0, t1) for t0, t1, missing in spans if missing)
+        if static_vars and positions:
+            pieces = _static_pieces(positions, members, mspan, ntime)
+            for k in sizer.parts:
+                if pieces and sizer.owned(static_vars, k, b):
+                    tasks.append(sizer.task(len(tasks), static_vars, k, None, pieces, (), mspan, b))
+        covered = np.flatnonzero(owner[m0:m1].max(axis=0) >= 0)
+        if covered.size and write_vars:
+            inside = np.zeros(ntime, dtype=bool)
+            inside[int(covered[0]) : int(covered[-1]) + 1] = True
+            gaps.update(_runs(~have_all & inside))
     estimate = int(PEAK_FACTOR * max((t.nbytes for t in tasks), default=0))
-    return Plan(tuple(tasks), tuple(gaps), partial, sizer.split_dim, estimate)
+    return Plan(
+        tuple(tasks), tuple(sorted(gaps)), tuple(sorted(partial)), sizer.split_dim, estimate
+    )
+
+
+def _owners(
+    positions: Sequence[np.ndarray], members: Members | None, ntime: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (member, time) template cell: the source that has it, its position along time in
+    that source, and along the member dimension (-1: none). One row without members."""
+    nrow = members.size if members is not None else 1
+    owner = np.full((nrow, ntime), -1, dtype=np.int32)
+    local = np.full((nrow, ntime), -1, dtype=np.int32)
+    mlocal = np.full((nrow, ntime), -1, dtype=np.int32)
+    for i, pos in enumerate(positions):
+        if not len(pos):
+            continue
+        rows = members.positions[i] if members is not None else np.zeros(1, dtype=np.int64)
+        cells = np.ix_(np.asarray(rows, dtype=np.int64), np.asarray(pos, dtype=np.int64))
+        owner[cells] = i
+        local[cells] = np.arange(len(pos))[None, :]
+        mlocal[cells] = np.arange(len(rows))[:, None]
+    return owner, local, mlocal
+
+
+def _member_spans(
+    info: TemplateInfo, members: Members | None, names: Sequence[str]
+) -> list[tuple[int, int]]:
+    """Blocks of whole chunks along the member dimension (one task's extent along it)."""
+    if members is None:
+        return [(0, 1)]
+    having = [n for n in names if members.dim in info.arrays[n].dims]
+    chunk = math.lcm(
+        *(
+            object_chunks(info.zarr_arrays[n])[info.arrays[n].dims.index(members.dim)]
+            for n in having
+        )
+    )
+    return [(a, min(a + chunk, members.size)) for a in range(0, members.size, chunk)]
+
+
+def _time_spans(
+    full: np.ndarray,
+    some: np.ndarray,
+    have: np.ndarray,
+    unit: int,
+    ntime: int,
+    per_task: int,
+) -> list[tuple[int, int, tuple[tuple[int, int], ...]]]:
+    """``(start, stop, missing)`` time spans of tasks: runs of whole write units, ``per_task``
+    at a time, and each unit covered only in part on its own (with its uncovered steps)."""
+    spans: list[tuple[int, int, tuple[tuple[int, int], ...]]] = []
+    for run_lo, run_hi in _runs(full & some):
+        for b0 in range(run_lo, run_hi, per_task):
+            spans.append((b0 * unit, min(min(b0 + per_task, run_hi) * unit, ntime), ()))
+    for b in np.flatnonzero(some & ~full).tolist():
+        t0, t1 = b * unit, min((b + 1) * unit, ntime)
+        missing = tuple((t0 + a, t0 + z) for a, z in _runs(~have[t0:t1]))
+        spans.append((t0, t1, missing))
+    spans.sort()
+    return spans
+
+
+def _block_pieces(
+    owner: np.ndarray,
+    local: np.ndarray,
+    mlocal: np.ndarray,
+    span: tuple[int, int],
+    mspan: tuple[int, int] | None,
+    members: Members | None,
+) -> tuple[Piece, ...]:
+    """The source slices of one task: along time (and the member dimension)."""
+    t0, t1 = span
+    if members is None or mspan is None:
+        return _pieces(owner[0, t0:t1], local[0, t0:t1], t0)
+    m0, m1 = mspan
+    rows: dict[tuple[int, tuple[int, int] | None, tuple[int, int] | None], list[tuple[int, int]]]
+    rows = {}
+    for r in range(m0, m1):
+        for p in _pieces(owner[r, t0:t1], local[r, t0:t1], t0):
+            assert p.dst is not None
+            rows.setdefault((p.source, p.src, p.dst), []).append((r, int(mlocal[r, p.dst[0]])))
+    out = [
+        piece
+        for (source, src, dst), found in rows.items()
+        for piece in _member_runs(source, src, dst, found, members.scalar[source])
+    ]
+    return tuple(sorted(out, key=lambda p: (p.dst or (0, 0), p.mdst or (0, 0))))
+
+
+def _member_runs(
+    source: int,
+    src: tuple[int, int] | None,
+    dst: tuple[int, int] | None,
+    rows: Sequence[tuple[int, int]],
+    scalar: bool,
+) -> list[Piece]:
+    """One piece per run of consecutive template members that are consecutive in the source."""
+    out = []
+    start = 0
+    for k in range(1, len(rows) + 1):
+        if k == len(rows) or rows[k] != (rows[k - 1][0] + 1, rows[k - 1][1] + 1):
+            (a, la), (b, lb) = rows[start], rows[k - 1]
+            msrc = None if scalar else (la, lb + 1)
+            out.append(Piece(source, src, dst, msrc, (a, b + 1)))
+            start = k
+    return out
+
+
+def _static_pieces(
+    positions: Sequence[np.ndarray],
+    members: Members | None,
+    mspan: tuple[int, int] | None,
+    ntime: int,
+) -> tuple[Piece, ...]:
+    """Where variables without time come from: the earliest source (of each member of the
+    block; none when a member of the block has no source: its chunks stay unwritten)."""
+    start = [int(p.min()) if len(p) else ntime for p in positions]
+    if members is None or mspan is None:
+        return (Piece(int(np.argmin(start)), None, None),)
+    found: list[tuple[int, int, int]] = []  # (template member, source, member in source)
+    for r in range(*mspan):
+        having = [
+            (start[i], i, int(np.flatnonzero(members.positions[i] == r)[0]))
+            for i in range(len(positions))
+            if len(positions[i]) and r in members.positions[i]
+        ]
+        if not having:
+            return ()
+        _, i, m = min(having)
+        found.append((r, i, m))
+    out: list[Piece] = []
+    for source in dict.fromkeys(i for _, i, _ in found):
+        rows = [(r, m) for r, i, m in found if i == source]
+        out.extend(_member_runs(source, None, None, rows, members.scalar[source]))
+    return tuple(out)
 
 
 def _tchunk(info: TemplateInfo, name: str, time_dim: str) -> int:
@@ -228,6 +401,7 @@ class _Sizer:
     split_dim: str | None
     spans: list[tuple[int, int]]
     step_bytes: Mapping[str, float]
+    member_dim: str | None = None
 
     @classmethod
     def make(
@@ -238,30 +412,50 @@ class _Sizer:
         time_dim: str,
         unit: int,
         budget: int,
+        members: Members | None = None,
     ) -> _Sizer:
         step_bytes = {n: _bytes_per(info, n, time_dim) for n in write_vars}
         block_bytes = int(sum(step_bytes.values()) * unit)
+        member_dim = None if members is None else members.dim
         split_dim, spans = _spatial_split(
-            info, [*write_vars, *static_vars], time_dim, block_bytes, budget
+            info, [*write_vars, *static_vars], (time_dim, member_dim), block_bytes, budget
         )
-        return cls(info, time_dim, split_dim, spans, step_bytes)
+        return cls(info, time_dim, split_dim, spans, step_bytes, member_dim)
 
     @property
     def parts(self) -> range:
         return range(len(self.spans))
 
-    def owned(self, names: Sequence[str], k: int) -> tuple[str, ...]:
-        if self.split_dim is None:
-            return tuple(names)
-        return tuple(n for n in names if self.split_dim in self.info.arrays[n].dims or k == 0)
+    def owned(self, names: Sequence[str], k: int, block: int = 0) -> tuple[str, ...]:
+        """The arrays of ``names`` a task of split part ``k`` and member block ``block`` owns:
+        arrays without the split (member) dimension belong to the first part (block)."""
+        out = []
+        for n in names:
+            dims = self.info.arrays[n].dims
+            if self.split_dim is not None and self.split_dim not in dims and k:
+                continue
+            if self.member_dim is not None and self.member_dim not in dims and block:
+                continue
+            out.append(n)
+        return tuple(out)
 
-    def nbytes(self, names: Sequence[str], k: int, nsteps: int) -> int:
+    def nbytes(
+        self,
+        names: Sequence[str],
+        k: int,
+        nsteps: int,
+        mspan: tuple[int, int] | None = None,
+        block: int = 0,
+    ) -> int:
         total = 0.0
-        for n in self.owned(names, k):
+        for n in self.owned(names, k, block):
             per = self.step_bytes.get(n) or _bytes_per(self.info, n, self.time_dim)
-            if self.split_dim in self.info.arrays[n].dims:
+            dims = self.info.arrays[n].dims
+            if self.split_dim in dims:
                 lo, hi = self.spans[k]
                 per *= (hi - lo) / self.info.sizes[self.split_dim]
+            if self.member_dim in dims and mspan is not None:
+                per *= (mspan[1] - mspan[0]) / self.info.sizes[self.member_dim]
             total += per * nsteps
         return int(total)
 
@@ -273,18 +467,30 @@ class _Sizer:
         time_span: tuple[int, int] | None,
         pieces: tuple[Piece, ...],
         missing: tuple[tuple[int, int], ...] = (),
+        mspan: tuple[int, int] | None = None,
+        block: int = 0,
     ) -> Task:
         region = {} if time_span is None else {self.time_dim: time_span}
         if self.split_dim is not None:
             region[self.split_dim] = self.spans[k]
+        if self.member_dim is not None and mspan is not None:
+            region[self.member_dim] = mspan
         nsteps = 1 if time_span is None else time_span[1] - time_span[0]
+        owned = self.owned(names, k, block)
+        along = (
+            ()
+            if mspan is None
+            else tuple(n for n in owned if self.member_dim in self.info.arrays[n].dims)
+        )
         return Task(
             index=index,
             region=region,
-            variables=self.owned(names, k),
+            variables=owned,
             pieces=pieces,
-            nbytes=self.nbytes(names, k, nsteps),
+            nbytes=self.nbytes(names, k, nsteps, mspan, block),
             missing=missing,
+            member_dim=self.member_dim if mspan is not None else None,
+            along_member=along,
         )
 
 
@@ -296,14 +502,19 @@ def _bytes_per(info: TemplateInfo, name: str, time_dim: str) -> float:
 
 
 def _spatial_split(
-    info: TemplateInfo, names: Sequence[str], time_dim: str, block_bytes: int, budget: int
+    info: TemplateInfo,
+    names: Sequence[str],
+    exclude: Sequence[str | None],
+    block_bytes: int,
+    budget: int,
 ) -> tuple[str | None, list[tuple[int, int]]]:
-    """Split along one other dimension when one block of time chunks does not fit ``budget``."""
+    """Split along one other dimension (not time, not the member dimension) when one block of
+    time chunks does not fit ``budget``."""
     if PEAK_FACTOR * block_bytes <= budget or not names:
         return None, [(0, 0)]
     best: tuple[int, str, int] | None = None
     for dim in dict.fromkeys(d for n in names for d in info.arrays[n].dims):
-        if dim == time_dim:
+        if dim in exclude:
             continue
         having = [n for n in names if dim in info.arrays[n].dims]
         chunk = math.lcm(

@@ -31,6 +31,7 @@ from ..errors import (
     SourceTypeError,
     VariableNotInTemplateError,
 )
+from ._h5scan import h5_scannable, scan_hdf5
 from ._index import SourceIndex, index_hdf5, is_hdf5
 from ._references import (
     ENGINE as REFERENCES,
@@ -339,6 +340,8 @@ class SourceSchema:
     indexes: Mapping[str, pd.Index]  # of the other dimensions
     calendar: str | None = None  # of the time labels (None: not dates, or not said)
     index: SourceIndex | None = field(default=None, repr=False, compare=False)
+    #: values of the scalar (0-d) coordinates: a member label such as CMIP's ``realization``
+    scalars: Mapping[str, Any] = field(default_factory=dict)
 
 
 def scan_source(
@@ -358,27 +361,17 @@ def scan_source(
     RegionError
         The source has no ``time_dim`` or no labels along it; names the source.
     """
+    fast = _scan_h5(spec, time_dim, variables, drop_variables)
+    if fast is not None:
+        return fast
     if run_id is not None:
         opened = _open_cached(run_id, spec)
     else:
         opened = open_source(spec, indexes=False)
     try:
         ds = select_variables(opened, spec.label, variables, drop_variables)
-        if time_dim not in ds.dims:
-            raise DimensionMismatchError(
-                f"source {spec.label!r} has no dimension {time_dim!r} (dimensions: "
-                f"{list(map(str, ds.dims))}); set time_dim= to its time dimension"
-            )
-        times = dim_index(ds, time_dim)
-        if times is None:
-            raise RegionLabelError(
-                f"source {spec.label!r} has no {time_dim!r} coordinate: its time steps cannot "
-                "be placed"
-            )
-        others = {str(d): dim_index(ds, str(d)) for d in ds.dims if d != time_dim}
-        time_coords = tuple(
-            str(n) for n, v in ds.coords.items() if n not in ds.dims and time_dim in v.dims
-        )
+        _check_time_dim(ds, spec.label, time_dim)
+        time_coords = _time_coords(ds, time_dim)
         index = _index_of(spec, opened, [*map(str, ds.data_vars), *time_coords])
         if (
             index is not None
@@ -386,22 +379,86 @@ def scan_source(
             and len(index.variables) == len(ds.data_vars) + len(time_coords)
         ):
             _forget(run_id, [spec])  # the tasks read it by byte range: close it now
-        return SourceSchema(
-            label=spec.label,
-            times=times.copy(),
-            sizes={str(d): int(n) for d, n in ds.sizes.items()},
-            data_vars={
-                str(n): VariableSchema(tuple(map(str, v.dims)), v.dtype, dict(v.attrs))
-                for n, v in ds.data_vars.items()
-            },
-            time_coords=time_coords,
-            indexes={d: i for d, i in others.items() if i is not None},
-            calendar=time_calendar(ds[time_dim], times),
-            index=index,
-        )
+        return _schema(spec.label, ds, time_dim, index)
     finally:
         if spec.dataset is None and run_id is None:
             opened.close()
+
+
+def _check_time_dim(ds: xr.Dataset, label: str, time_dim: str) -> None:
+    if time_dim not in ds.dims:
+        raise DimensionMismatchError(
+            f"source {label!r} has no dimension {time_dim!r} (dimensions: "
+            f"{list(map(str, ds.dims))}); set time_dim= to its time dimension"
+        )
+
+
+def _time_coords(ds: xr.Dataset, time_dim: str) -> tuple[str, ...]:
+    """The non-index coordinates along the time dimension."""
+    return tuple(str(n) for n, v in ds.coords.items() if n not in ds.dims and time_dim in v.dims)
+
+
+def _schema(label: str, ds: xr.Dataset, time_dim: str, index: SourceIndex | None) -> SourceSchema:
+    """The schema of the selected variables ``ds`` of a source."""
+    times = dim_index(ds, time_dim)
+    if times is None:
+        raise RegionLabelError(
+            f"source {label!r} has no {time_dim!r} coordinate: its time steps cannot be placed"
+        )
+    others = {str(d): dim_index(ds, str(d)) for d in ds.dims if d != time_dim}
+    return SourceSchema(
+        label=label,
+        times=times.copy(),
+        sizes={str(d): int(n) for d, n in ds.sizes.items()},
+        data_vars={
+            str(n): VariableSchema(tuple(map(str, v.dims)), v.dtype, dict(v.attrs))
+            for n, v in ds.data_vars.items()
+        },
+        time_coords=_time_coords(ds, time_dim),
+        indexes={d: i for d, i in others.items() if i is not None},
+        calendar=time_calendar(ds[time_dim], times),
+        index=index,
+        scalars={str(n): v.values[()] for n, v in ds.coords.items() if v.ndim == 0},
+    )
+
+
+def _scan_h5(
+    spec: SourceSpec,
+    time_dim: str,
+    variables: Sequence[str] | None,
+    drop_variables: Sequence[str] | None,
+) -> SourceSchema | None:
+    """The schema of a NetCDF4 source read with h5py alone (:mod:`._h5scan`), when every
+    variable to convert is indexed; None: scan it through xarray."""
+    if not h5_scannable(spec.path, spec.engine, spec.open_kwargs):
+        return None
+    if os.environ.get(INDEX_ENV, "1") == "0" or spec.path is None:
+        return None
+    path = spec.path
+    if not is_hdf5(path, spec.storage_options):  # NetCDF3, GRIB, ...: the xarray path
+        return None
+    saved = spec.index if spec.index is not None and spec.index.stamp == _stamp(path) else None
+    drop = spec.open_kwargs.get("drop_variables") or ()
+
+    def names_of(ds: xr.Dataset) -> list[str]:
+        wanted = set(variables) if variables is not None else None
+        skip = set(drop_variables or ())
+        names = [str(n) for n in ds.data_vars if (wanted is None or n in wanted) and n not in skip]
+        return [*names, *_time_coords(ds, time_dim)]
+
+    with _open_lock:  # h5py and netCDF4 share one (not thread-safe) HDF5 library
+        got = scan_hdf5(
+            path, spec.storage_options, [drop] if isinstance(drop, str) else drop, names_of, saved
+        )
+    if got is None:
+        return None
+    opened, index = got
+    ds = select_variables(opened, spec.label, variables, drop_variables)
+    _check_time_dim(ds, spec.label, time_dim)
+    needed = [*map(str, ds.data_vars), *_time_coords(ds, time_dim)]
+    if index is None or any(n not in index.variables for n in needed):
+        return None  # read in part through xarray: the xarray path scans and indexes it
+    return _schema(spec.label, ds, time_dim, index)
 
 
 def _index_of(spec: SourceSpec, opened: xr.Dataset, names: Sequence[str]) -> SourceIndex | None:

@@ -29,7 +29,7 @@ from ..errors import (
     ZarrWriteError,
 )
 from ..storage._buffered import is_transient_error
-from ._assemble import assemble
+from ._assemble import assemble, expand_member, piece_selection
 from ._plan import Task
 from ._sources import (
     SourceSpec,
@@ -157,24 +157,24 @@ def _read_task(payload: TaskPayload) -> xr.Dataset:
     """The data of the task's region: each source's slice read straight into one buffer per
     variable (by byte range where the source is indexed, through xarray otherwise); for a
     write unit the sources cover only in part, merged into what the store holds there."""
-    if payload.task.missing or any(p.src is None for p in payload.task.pieces):
+    task = payload.task
+    if task.missing or (task.member_dim is None and any(p.src is None for p in task.pieces)):
         return _read_task_xarray(payload)
     return assemble(payload)
 
 
 def _read_task_xarray(payload: TaskPayload) -> xr.Dataset:
-    """The task's source slices loaded through xarray and concatenated along time."""
+    """The task's source slices loaded through xarray and concatenated along time (or, for
+    a write unit the sources cover only in part, laid over what the store holds)."""
     task, time_dim = payload.task, payload.time_dim
     parts = []
     for piece, spec in zip(task.pieces, payload.sources, strict=True):
         ds = _open_cached(payload.run_id, spec)
         names = [n for n in task.variables if n in ds.data_vars]
         ds = select_variables(ds, spec.label, payload.variables, payload.drop_variables)[names]
+        ds = expand_member(ds, task.member_dim)
         extra = [c for c in ds.coords if c not in ds.dims and c not in task.variables]
-        sel = {d: slice(a, b) for d, (a, b) in task.region.items() if d != time_dim}
-        if piece.src is not None:
-            sel[time_dim] = slice(*piece.src)
-        part = ds.drop_vars(extra).isel(sel)
+        part = ds.drop_vars(extra).isel(piece_selection(ds, task.region, payload, piece))
         parts.append(_load(part))
     parts = [_without_calendar(with_indexes(p)) for p in parts]
     if task.missing:
@@ -206,6 +206,7 @@ def _merge_stored(payload: TaskPayload, parts: Sequence[xr.Dataset]) -> xr.Datas
     sel = {d: slice(a, b) for d, (a, b) in task.region.items()}
     base = base.drop_vars(extra).isel(sel).load().drop_encoding()
     t0 = task.region[time_dim][0]
+    m0 = task.region[task.member_dim][0] if task.member_dim is not None else 0
     for piece, part in zip(task.pieces, parts, strict=True):
         assert piece.dst is not None
         for name in task.variables:
@@ -213,9 +214,15 @@ def _merge_stored(payload: TaskPayload, parts: Sequence[xr.Dataset]) -> xr.Datas
                 continue
             var = base.variables[name]
             values = np.array(var.values, copy=True)
-            axis = var.dims.index(time_dim)
-            where = (slice(None),) * axis + (slice(piece.dst[0] - t0, piece.dst[1] - t0),)
-            values[where] = part[name].transpose(*var.dims).values
+            where: list[slice] = []
+            for d in var.dims:
+                if d == time_dim:
+                    where.append(slice(piece.dst[0] - t0, piece.dst[1] - t0))
+                elif d == task.member_dim and piece.mdst is not None:
+                    where.append(slice(piece.mdst[0] - m0, piece.mdst[1] - m0))
+                else:
+                    where.append(slice(None))
+            values[tuple(where)] = part[name].transpose(*var.dims).values
             var.values = values
     return base
 

@@ -5,7 +5,8 @@ bytes and returns; background tasks on zarr's IO event loop write the queue to t
 with bounded concurrency, retrying transient errors. Reads see queued writes, ``flush()`` is a
 barrier, and background failures are raised to the writer instead of being lost.
 
-This module is the zarr ``Store`` overlay (get/set/list, read-your-writes); the queue itself is
+This module is the zarr ``Store`` overlay (get/set, read-your-writes; listing is in
+:mod:`._listing`); the queue itself is
 :class:`._engine._WriteBehind`, one per buffer, and ``BufferedStore`` objects are views on it
 (``with_read_only`` returns a view on the same buffer, so zarr's read-only copies made for
 ``mode="r"`` see queued writes too).
@@ -14,7 +15,6 @@ This module is the zarr ``Store`` overlay (get/set/list, read-your-writes); the 
 from __future__ import annotations
 
 import asyncio
-import builtins
 from typing import TYPE_CHECKING, Any, Self
 
 from zarr.abc.store import Store
@@ -22,12 +22,13 @@ from zarr.abc.store import Store
 from .._compat import Buffer, WrapperStore, default_buffer_prototype
 from ..errors import ReadOnlyStoreError
 from ._engine import _WriteBehind
-from ._keys import _PARTIAL_FILE, _dir_prefix, _resolve_target, _slice
+from ._keys import _dir_prefix, _resolve_target, _slice
+from ._listing import _Listing
 from ._records import _MIB, BufferedStoreStats, _owned, _parse_config
 from ._retry import is_transient_error
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
+    from collections.abc import AsyncGenerator, Iterable, Mapping
     from types import TracebackType
 
     from zarr.abc.store import ByteRequest
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["BufferedStore", "BufferedStoreStats", "_owned", "is_transient_error"]
 
 
-class BufferedStore(WrapperStore[Store]):
+class BufferedStore(_Listing, WrapperStore[Store]):
     """A write-behind buffer in front of any zarr v3 store.
 
     ``set`` copies the value into a buffer bounded in bytes (only when needed, see Notes) and
@@ -532,76 +533,3 @@ class BufferedStore(WrapperStore[Store]):
     async def is_empty(self, prefix: str) -> bool:
         # docstring inherited
         return await Store.is_empty(self, prefix)
-
-    # -- listing ------------------------------------------------------------------------------
-
-    def _hidden(self, key: str) -> bool:
-        """Keys of the wrapped store that a reader must not see right now."""
-        if _PARTIAL_FILE.search(key):
-            return True
-        op = self._core.lookup(key)
-        return op is not None and op.value is None
-
-    async def _collect(self, iterator: AsyncIterator[str]) -> list[str]:
-        return [key async for key in iterator]
-
-    def _pending_writes(self, prefix: str) -> builtins.set[str]:  # `set` is a method here
-        return {
-            key
-            for key, op in self._core.pending_items()
-            if op.value is not None and key.startswith(prefix)
-        }
-
-    async def _list_prefix(self, prefix: str) -> list[str]:
-        # Pending writes are taken before the listing as well as after it: one that lands in
-        # the wrapped store while the listing runs may be missing from both otherwise.
-        before = self._pending_writes(prefix)
-        if prefix:
-            found = await self._core.read(self._collect_prefix, prefix)
-        else:
-            found = await self._core.read(self._collect_all)
-        keys = {key for key in found if not self._hidden(key)}
-        keys.update(k for k in before if not self._hidden(k))
-        keys.update(self._pending_writes(prefix))
-        return sorted(keys)
-
-    async def _collect_prefix(self, prefix: str) -> list[str]:
-        return await self._collect(self._store.list_prefix(prefix))
-
-    async def _collect_all(self) -> list[str]:
-        return await self._collect(self._store.list())
-
-    async def _collect_dir(self, prefix: str) -> list[str]:
-        return await self._collect(self._store.list_dir(prefix))
-
-    async def _list_dir(self, prefix: str) -> list[str]:
-        base = _dir_prefix(prefix)
-        before = self._pending_writes(base)  # see _list_prefix
-        found = await self._core.read(self._collect_dir, prefix)
-        names = set()
-        for name in found:
-            full = base + name
-            if _PARTIAL_FILE.search(name) or self._core.is_fenced(full + "/"):
-                continue
-            op = self._core.lookup(full)
-            if op is not None and op.value is None:
-                continue
-            names.add(name)
-        for key in {k for k in before if not self._hidden(k)} | self._pending_writes(base):
-            names.add(key[len(base) :].split("/", 1)[0])
-        return sorted(names)
-
-    async def list(self) -> AsyncIterator[str]:
-        # docstring inherited
-        for key in await self._core.run(self._list_prefix, ""):
-            yield key
-
-    async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited
-        for key in await self._core.run(self._list_prefix, prefix):
-            yield key
-
-    async def list_dir(self, prefix: str) -> AsyncIterator[str]:
-        # docstring inherited
-        for name in await self._core.run(self._list_dir, prefix):
-            yield name

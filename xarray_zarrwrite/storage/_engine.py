@@ -29,7 +29,7 @@ from ._records import (
     _Op,
     _owned,
 )
-from ._retry import retry_call
+from ._retry import mark_retried, retry_call
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -265,31 +265,43 @@ class _WriteBehind:
 
     # -- writes -------------------------------------------------------------------------------
 
-    async def put(self, key: str, value: Buffer | None, store: Store) -> None:
+    async def put(
+        self,
+        key: str,
+        value: Buffer | None,
+        store: Store,
+        waiter: asyncio.Future[None] | None = None,
+    ) -> None:
         """Queue a write (``value``) or a delete (``None``) of ``key``; waits while full.
 
         In write-through mode, also waits until this op is durable, failed, or superseded by a
-        newer op of the same key.
+        newer op of the same key. With a ``waiter`` (see :meth:`put_and_wait`), the caller owns
+        the op's outcome: ``waiter`` gets it, and its failure is not reported to anyone else.
         """
         nbytes = 0 if value is None else len(value)
         await self._reserve(nbytes)
         try:
-            if value is not None and not self.write_through:
-                value = _owned(value)  # write-through callers wait: their buffer stays valid
+            if value is not None and not self.write_through and waiter is None:
+                value = _owned(value)  # callers who wait keep their buffer valid
         except BaseException:
             self._release(nbytes)
             raise
+        owners = [] if waiter is None else [waiter]
         old = self._queued.get(key)
         if old is not None:
             # Coalesce: the newer value replaces the queued one in place (keeping its age, so
-            # a flush() that was waiting for the older value now waits for this one).
+            # a flush() that was waiting for the older value now waits for this one; an owner
+            # of the older value gets the newer one's outcome: its write was superseded).
             op = self._queued[key] = _Op(value, nbytes, old.first_seq, store)
+            op.waiters = old.waiters + owners
+            op.unowned = old.unowned or waiter is None
             self._coalesced += 1
             self._release(old.nbytes)
             self._progress()
         else:
             self._seq += 1
             op = self._queued[key] = _Op(value, nbytes, self._seq, store)
+            op.waiters, op.unowned = owners, waiter is None
         self._bytes_queued += nbytes
         _LIVE.add(self)
         self._kick()
@@ -297,6 +309,19 @@ class _WriteBehind:
             await self._wait_until(
                 lambda: self._queued.get(key) is not op and self._inflight.get(key) is not op
             )
+
+    async def put_and_wait(self, key: str, value: Buffer | None, store: Store) -> None:
+        """Queue like :meth:`put` (same order, coalescing, limits and retries as every other
+        write of this buffer), then wait until this write is durable in the wrapped store.
+
+        Raises the write's own failure (a marked ``WriteFailedError`` naming the key and the
+        attempts made): it is the caller's, so ``flush``/``close`` do not report it again (its
+        key stays in ``failed_keys`` until written). A write superseded by a newer write of the
+        same key before it started shares that write's outcome.
+        """
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self.put(key, value, store, waiter)
+        await waiter
 
     def _kick(self) -> None:
         """Start flusher tasks, up to ``concurrency``, while there is queued work."""
@@ -335,8 +360,9 @@ class _WriteBehind:
                 else:
                     error, attempts = await self.retrying(op.store.set, key, op.value)
                 if error is not None:
-                    self._record_failure(key, action, error, attempts)
+                    self._failed_op(op, key, action, error, attempts)
                 else:
+                    _settle(op.waiters, None)
                     if op.value is None:
                         self._deletes += 1
                     else:
@@ -346,12 +372,24 @@ class _WriteBehind:
                         with self._lock:
                             self._failed.pop(key, None)
             except asyncio.CancelledError as exc:
-                self._record_failure(key, action, exc, 1)
+                self._failed_op(op, key, action, exc, 1)
                 raise
             finally:
                 del self._inflight[key]
                 self._release(op.nbytes)
                 self._progress()
+
+    def _failed_op(
+        self, op: _Op, key: str, action: str, error: BaseException, attempts: int
+    ) -> None:
+        """Record a failed op: reported to its owners, and to the buffer's writers only when
+        some coalesced put had no owner (an owner's failure is raised once, to the owner)."""
+        self._record_failure(key, action, error, attempts, unreported=op.unowned)
+        if op.waiters:
+            err = _failure_error([_Failure(key, action, error, attempts)], self.where)
+            err.__cause__ = error
+            mark_retried(err)  # its retries are spent: a caller's retry loop must not redo them
+            _settle(op.waiters, err)
 
     async def retrying(
         self, fn: Callable[P, Awaitable[Any]], *args: P.args, **kwargs: P.kwargs
@@ -389,6 +427,7 @@ class _WriteBehind:
         try:
             for key in [k for k in self._queued if k.startswith(prefix)]:
                 op = self._queued.pop(key)
+                _settle(op.waiters, None)  # superseded by the delete, like a coalesced write
                 self._coalesced += 1
                 self._release(op.nbytes)
             self._progress()
@@ -418,7 +457,14 @@ class _WriteBehind:
     # -- failures -----------------------------------------------------------------------------
 
     def _record_failure(
-        self, key: str, action: str, error: BaseException, attempts: int, *, locked: bool = False
+        self,
+        key: str,
+        action: str,
+        error: BaseException,
+        attempts: int,
+        *,
+        locked: bool = False,
+        unreported: bool = True,
     ) -> None:
         failure = _Failure(key, action, error, attempts)
         logger.debug(
@@ -426,11 +472,13 @@ class _WriteBehind:
         )
         self._failures += 1
         if locked:
-            self._unreported.append(failure)
+            if unreported:
+                self._unreported.append(failure)
             self._failed[key] = failure
             return
         with self._lock:
-            self._unreported.append(failure)
+            if unreported:
+                self._unreported.append(failure)
             self._failed[key] = failure
 
     def raise_failures(self, *, strict: bool = False) -> None:
@@ -463,6 +511,17 @@ class _WriteBehind:
             peak_buffered_bytes=self._peak,
             pending_keys=len(self._queued) + len(self._inflight),
         )
+
+
+def _settle(waiters: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    """Give the owners of an op its outcome (those who gave up waiting are skipped)."""
+    for waiter in waiters:
+        if waiter.done():
+            continue
+        if error is None:
+            waiter.set_result(None)
+        else:
+            waiter.set_exception(error)
 
 
 def _flush_at_exit() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, cast
 
 import numpy as np
@@ -13,6 +13,8 @@ from ..config import config
 from ..errors import InputError, WriteFailedError
 
 if TYPE_CHECKING:
+    import asyncio
+
     from zarr.abc.store import Store
 
 __all__ = ["BufferedStoreStats"]
@@ -153,6 +155,10 @@ class _Op:
     nbytes: int
     first_seq: int  # sequence number of the oldest write coalesced into this one
     store: Store  # the wrapped store to write through (the view's, which is writable)
+    # owners waiting for this op (or for the op it superseded) to be durable: they get its
+    # outcome; `unowned` when a coalesced put had no owner (its failure is the buffer's to report)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    unowned: bool = True
 
 
 _GONE: Final = _Op(None, 0, 0, cast("Store", None))  # "deleted", for keys under a delete_dir

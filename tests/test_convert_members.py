@@ -233,6 +233,14 @@ def test_gap_leaves_the_run_incomplete_and_a_later_run_completes_it(tmp_path, mc
     assert len(report.missing) == 1
     first, last = report.missing[0]
     assert str(first).startswith("2001-01-21") and str(last).startswith("2001-02-09")
+    # only the chunks holding member 2 are partial or missing: the other members' chunks at
+    # those steps were written whole (number is the first dim, time the second)
+    gap = {2 // mchunk}
+    for name in ("t2m", "tp"):
+        var = found.variables[name]
+        assert var.dims[:2] == ("number", "time")
+        bad = {*var.partial_chunks, *var.missing_chunks}
+        assert bad and {c[0] for c in bad} == gap, (name, bad)
     back = xr.open_zarr(path).load()  # the members that are there are written
     np.testing.assert_array_equal(back.t2m.values[1], full.t2m.values[1])
     np.testing.assert_array_equal(back.t2m.values[2, :20], full.t2m.values[2, :20])
@@ -275,3 +283,51 @@ def test_sources_differing_along_two_dimensions_are_refused(tmp_path):
     with pytest.raises(LayoutError, match=r"'number', 'lat'|'lat', 'number'"):
         _convert(files, path)
     assert snapshot(path) == {}  # nothing written
+
+
+@pytest.mark.parametrize("mchunk", [1, 2])
+def test_a_later_run_with_one_members_file_completes_the_archive(tmp_path, mchunk):
+    """The re-run holds one member only (nothing to tell the member dimension from): the
+    archive's own member dimension places it."""
+    full = _ensemble()
+    files = _split(full, tmp_path, years=2)
+    missing = files.pop(5)  # member 2, days 20-39
+    path = tmp_path / "out.zarr"
+    chunks = {"time": 10, "number": mchunk}
+    assert _convert(files, path, chunks=chunks, raise_on_failure=False).status == "incomplete"
+    assert _convert([missing], path).ok
+    assert check(path).complete
+    _assert_matches(path, full)
+
+
+def test_a_later_run_with_one_scalar_member_file(tmp_path):
+    """CMIP-style files (the member a scalar coordinate): member 2's second half comes in a
+    later run, alone."""
+    full = _ensemble(dim="realization")
+    files = []
+    for k in range(3):
+        for a in (0, NT // 2):
+            files.append(str(tmp_path / f"r{k}_{a}.nc"))
+            full.isel(realization=k, time=slice(a, a + NT // 2)).to_netcdf(files[-1])
+    late = files.pop()  # member 2, second half
+    path = tmp_path / "out.zarr"
+    chunks = {"time": 10, "realization": 1}
+    assert _convert(files, path, chunks=chunks, raise_on_failure=False).status == "incomplete"
+    assert _convert([late], path).ok
+    assert check(path).complete
+    _assert_matches(path, full)
+
+
+def test_a_split_of_a_spatial_dimension_is_not_taken_for_members(tmp_path):
+    """A re-run with a file holding part of ``lat`` (after time in the dimensions) is
+    refused as another grid, not placed as a member split, with the store untouched."""
+    full = _ensemble()
+    files = _split(full, tmp_path)
+    path = tmp_path / "out.zarr"
+    assert _convert(files, path, chunks={"time": 10}).ok
+    part = tmp_path / "part.nc"
+    full.isel(number=[0], lat=[0, 1]).to_netcdf(part)
+    before = snapshot(path)
+    with pytest.raises(InputError):
+        _convert([str(part)], path)
+    assert snapshot(path) == before

@@ -19,7 +19,7 @@ from ._compat import sync
 from ._extend import extend, label_text, refresh_root, root_lock, write_root
 from ._open import load_template
 from ._region import RegionPlan, plan_region
-from ._store import ensure_writable, resolve_store
+from ._store import ensure_writable, leaves_no_empty_root, resolve_store
 from ._storelock import acquire_locks, lock_key, release_locks, store_locks, unit_of_lock
 from ._template import _as_dataset
 from ._write import RegionWriteResult
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["append"]
 
 
+@leaves_no_empty_root(1)
 def append(
     ds: xr.Dataset | xr.DataArray,
     store: StoreLike,

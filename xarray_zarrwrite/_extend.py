@@ -34,7 +34,7 @@ from ._compat import regular_chunk_shape, sync
 from ._encoding import cf_encoding, encode_variable
 from ._grid import ChunkGrid
 from ._groups import NOT_CONSOLIDATED, consolidate_root
-from ._store import ensure_writable, resolve_store
+from ._store import ensure_writable, leaves_no_empty_root, resolve_store
 from ._storelock import lock_key, store_locks
 from .errors import ExtentError, TemplateNotFoundError
 
@@ -49,6 +49,7 @@ __all__ = ["EXTENT_ATTR", "extend", "next_labels"]
 EXTENT_ATTR = "xarray_zarrwrite:extent"
 
 
+@leaves_no_empty_root(0)
 def extend(
     store: StoreLike,
     dim: str = "time",

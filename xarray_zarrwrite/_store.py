@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from zarr.abc.store import Store
 from zarr.storage import FsspecStore, LocalStore, MemoryStore
@@ -15,7 +16,9 @@ from .errors import InvalidNameError, OptionError, ReadOnlyStoreError
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-__all__ = ["StoreLike", "check_node_name", "resolve_store", "store_key"]
+__all__ = ["StoreLike", "check_node_name", "leaves_no_empty_root", "resolve_store", "store_key"]
+
+F = TypeVar("F", bound="Callable[..., Any]")
 
 #: Also an ``fsspec.FSMap`` (``fsspec.get_mapper(url)``), accepted wherever a store is.
 StoreLike = str | os.PathLike[str] | Store | MutableMapping[str, bytes]
@@ -165,3 +168,59 @@ def check_node_name(name: object, what: str = "variable") -> str:
             "'..', start with '__', or contain '/', '\\' or control characters such as NUL"
         )
     return name
+
+
+def leaves_no_empty_root(store_arg: int) -> Callable[[F], F]:
+    """Decorate a public call whose positional argument ``store_arg`` (or ``store=``) is the
+    target: when it raises, the local directories it created for the target are removed
+    again if they are still empty.
+
+    zarr's :class:`~zarr.storage.LocalStore` creates its root as soon as it is first used, so
+    a call refused for bad input (nothing written) would otherwise leave an empty
+    ``archive.zarr/`` (or ``archive.zarr/<group>/``) behind. Only directories that did not
+    exist before the call are touched, deepest first, with :func:`os.rmdir`, which never
+    removes a directory holding anything (a concurrent writer's objects included).
+    """
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            store = args[store_arg] if len(args) > store_arg else kwargs.get("store")
+            created = _absent_dirs(store, kwargs.get("group"))
+            try:
+                return fn(*args, **kwargs)
+            except BaseException:
+                for d in created:  # deepest first
+                    try:
+                        os.rmdir(d)
+                    except OSError:  # not empty (written to), or gone: leave it and above
+                        break
+                raise
+
+        return cast("F", wrapper)
+
+    return deco
+
+
+def _absent_dirs(store: object, group: object) -> list[str]:
+    """The directories of a local ``store`` (and ``group`` in it) that do not exist, deepest
+    first; empty for anything but a local path or LocalStore."""
+    if isinstance(store, LocalStore):
+        path = str(store.root)
+    elif isinstance(store, str | os.PathLike):
+        path = os.fspath(store).removeprefix("file://")
+        if "://" in path or "::" in path:
+            return []
+    else:
+        return []
+    path = os.path.abspath(path)
+    if isinstance(group, str) and group.strip("/"):
+        path = os.path.join(path, *group.strip("/").split("/"))
+    out: list[str] = []
+    while not os.path.exists(path):
+        out.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return out

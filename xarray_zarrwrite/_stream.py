@@ -49,7 +49,7 @@ from ._region import RegionPlan
 from ._runtime import runtime
 from ._staging import HostPool, Staged, stage
 from ._step_arrays import arrays_dataset, native, take
-from ._store import ensure_writable, resolve_store
+from ._store import ensure_writable, leaves_no_empty_root, resolve_store
 from ._stream_futures import (
     _CHARGE,
     UnclosedWriterWarning,
@@ -154,6 +154,7 @@ class StreamWriter:
     ...         writer.write(step)
     """
 
+    @leaves_no_empty_root(1)
     def __init__(
         self,
         store: StoreLike,

@@ -43,7 +43,7 @@ from ._extent import time_axis as _time_axis
 from ._groups import NOT_CONSOLIDATED, consolidate_root, ensure_parents, tree_templates
 from ._icechunk import transactional
 from ._publish import PUBLISH_MARKER, publish
-from ._store import ensure_writable, resolve_store
+from ._store import ensure_writable, leaves_no_empty_root, resolve_store
 from .codecs.bitpack_v2 import with_chunk_size
 from .config import config
 from .errors import ChunkSpecError, TemplateError
@@ -78,6 +78,7 @@ class TemplateSpec:
     consolidated: bool = True
 
 
+@leaves_no_empty_root(1)
 @transactional("to_template")
 def to_template(
     ds: xr.Dataset | xr.DataArray | xr.DataTree,

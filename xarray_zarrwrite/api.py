@@ -22,7 +22,7 @@ from ._open import StaleTemplateError, load_template, load_template_gated, load_
 from ._region import plan_region
 from ._runtime import runtime
 from ._staging import is_device_array, to_host
-from ._store import ensure_writable, group_path, resolve_store, store_key
+from ._store import ensure_writable, group_path, leaves_no_empty_root, resolve_store, store_key
 from ._stream import StreamWriter, WriteFuture
 from ._template import _as_dataset, open_template
 from ._template import to_template as _to_template
@@ -79,6 +79,7 @@ def plan(
     return plan_region(_as_dataset(ds), load_template(target), region, safe_chunks=safe_chunks)
 
 
+@leaves_no_empty_root(1)
 @transactional("write_region")
 def write_region(
     ds: xr.Dataset | xr.DataArray,

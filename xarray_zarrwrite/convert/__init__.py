@@ -38,7 +38,7 @@ import pandas as pd
 import xarray as xr
 
 from .._icechunk import merge_task_changes, task_store, transactional
-from .._store import ensure_writable, resolve_store
+from .._store import ensure_writable, leaves_no_empty_root, resolve_store
 from ..errors import (
     ConvertOptionError,
     DuplicateSourceError,
@@ -85,6 +85,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
+@leaves_no_empty_root(1)
 @transactional("convert")
 def convert(
     sources: Any,

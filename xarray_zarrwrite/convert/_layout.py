@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .._check import object_chunks
 from ..errors import ConvertOptionError, LayoutError, SourceError
 from ._members import expand_example, infer_members
 from ._plan import Members, Plan, Task, plan_tasks
@@ -152,8 +151,9 @@ def covered_by_variable(
     time_dim: str,
 ) -> dict[str, np.ndarray]:
     """Per array of ``names``: the template positions along time that a source holding it has
-    (time-dependent coordinates: those of every source). With files per member, a step is
-    covered when every member of an array along the member dimension has it."""
+    (time-dependent coordinates: those of every source). With files per member, an array
+    along the member dimension gets one row per member (members x time): a chunk is covered
+    at a step when every member of that chunk has it (see ``PartialState``)."""
     n = info.sizes[time_dim]
     members: Members | None = getattr(positions, "members", None)
     out: dict[str, np.ndarray] = {}
@@ -165,21 +165,8 @@ def covered_by_variable(
         for i in holders:
             rows = members.positions[i] if members is not None and per_member else [0]
             mask[np.ix_(np.asarray(rows, dtype=np.int64), positions[i])] = True
-        if members is not None and per_member:
-            mask = mask[_touched_rows(info, name, members, holders)]
-        out[name] = mask.all(axis=0) if len(mask) else np.zeros(n, dtype=bool)
+        out[name] = mask if members is not None and per_member else mask[0]
     return out
-
-
-def _touched_rows(
-    info: TemplateInfo, name: str, members: Members, holders: Sequence[int]
-) -> np.ndarray:
-    """The members of the chunks along the member dimension that this run's sources of
-    ``name`` write to (whole chunks: a chunk's member without a source is not covered)."""
-    chunk = object_chunks(info.zarr_arrays[name])[info.arrays[name].dims.index(members.dim)]
-    blocks = {int(r) // chunk for i in holders for r in members.positions[i]}
-    rows = [r for b in sorted(blocks) for r in range(b * chunk, min((b + 1) * chunk, members.size))]
-    return np.asarray(rows, dtype=np.int64)
 
 
 def with_layout_variables(

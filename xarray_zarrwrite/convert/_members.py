@@ -68,6 +68,8 @@ def infer_members(
             for name in _differing_scalars(schemas)
             if _separates(schemas, functools.partial(_scalar_key, name))
         ]
+    if not found and template is not None:
+        found = _archive_members(schemas, time_dim, template)
     if not found:
         return None
     if len(found) > 1:
@@ -85,6 +87,34 @@ def infer_members(
     else:
         groups = [s.indexes[dim] for s in schemas]
     return MemberAxis(dim, _union(groups), scalar)
+
+
+def _archive_members(
+    schemas: Sequence[SourceSchema], time_dim: str, template: Mapping[str, pd.Index]
+) -> list[tuple[str, bool]]:
+    """The archive's member dimension for sources of fewer members than it has (a re-run with
+    one member's files): a dimension of the archive that every source holds as a scalar
+    coordinate, or holds in part (labels a strict subset of the archive's) before time in
+    each variable's dimensions, as members come (a split of a spatial dimension is not
+    taken for members: it is refused as another grid)."""
+    out: list[tuple[str, bool]] = []
+    for dim, labels in template.items():
+        if dim == time_dim:
+            continue
+        if all(dim in s.scalars and dim not in s.sizes for s in schemas):
+            if all(_hashable(s.scalars[dim]) in labels for s in schemas):
+                out.append((dim, True))
+        elif all(_part_before_time(s, dim, labels, time_dim) for s in schemas):
+            out.append((dim, False))
+    return out
+
+
+def _part_before_time(s: SourceSchema, dim: str, labels: pd.Index, time_dim: str) -> bool:
+    own = s.indexes.get(dim)
+    if own is None or len(own) >= len(labels) or not own.isin(labels).all():
+        return False
+    dims = [v.dims for v in s.data_vars.values() if dim in v.dims and time_dim in v.dims]
+    return bool(dims) and all(d.index(dim) < d.index(time_dim) for d in dims)
 
 
 def _differing_dims(schemas: Sequence[SourceSchema], time_dim: str) -> list[str]:

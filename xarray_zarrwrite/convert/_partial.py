@@ -72,10 +72,12 @@ class PartialState:
 
     info: TemplateInfo
     time_dim: str
-    #: per array, bool per template position along time: a source of this run has it
+    #: per array, bool per template position along time: a source of this run has it; with
+    #: files per member, an array along ``member_dim`` has one row per member (members x time)
     covered: Mapping[str, np.ndarray]
     record: Record
     found: dict[str, set[ChunkIndex]]
+    member_dim: str | None = None
 
     def __post_init__(self) -> None:
         labels = [label_text(v) for v in self.info.indexes[self.time_dim]]
@@ -103,14 +105,20 @@ class PartialState:
         if before is None:
             lo, hi = self._span(name, idx)
             before = set(range(lo, hi))
-        cov = self._covered(name)
+        cov = self._covered(name, idx)
         return {p for p in before if not cov[p]}
 
-    def _covered(self, name: str) -> np.ndarray:
+    def _covered(self, name: str, idx: ChunkIndex) -> np.ndarray:
+        """Bool per time position: this run's sources give chunk ``idx`` of ``name`` that step
+        (with files per member: every member of the chunk has it)."""
         found = self.covered.get(name)
         if found is None:  # an array no source of this run holds
             return np.zeros(len(self._labels), dtype=bool)
-        return found
+        if found.ndim == 1:
+            return found
+        axis = self.info.arrays[name].dims.index(str(self.member_dim))
+        unit = self._grids[name].unit[axis]
+        return np.asarray(found[idx[axis] * unit : (idx[axis] + 1) * unit].all(axis=0))
 
     def chunks(self, task: Task) -> list[tuple[str, ChunkIndex]]:
         if self.time_dim not in task.region:
@@ -121,7 +129,7 @@ class PartialState:
         """Every chunk of ``task`` is stored and this run's sources add nothing to any."""
         for name, idx in self.chunks(task) or self._static_chunks(task):
             have = self.stored_missing(name, idx)
-            if have is None or any(self._covered(name)[p] for p in have):
+            if have is None or any(self._covered(name, idx)[p] for p in have):
                 return False
         return True
 

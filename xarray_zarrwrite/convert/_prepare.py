@@ -202,6 +202,7 @@ def _plan_run(
         covered,
         read_record(target) if resume else {},
         _stored_chunks(target, info, [*report_vars, *static_vars], tidy=resume),
+        member_dim=getattr(getattr(positions, "members", None), "dim", None),
     )
     done = {t.index for t in plan.tasks if state.is_done(t)} if resume else set()
     return _Run(plan, done, state, replace(capacity, slots=slots), report_vars)

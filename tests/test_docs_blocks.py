@@ -5,6 +5,9 @@ pastes them into a file gets: no main guard is added), in a fresh folder holding
 data of :func:`xarray_zarrwrite.testing.sample_files` (``t2m_2000-01.nc`` ..
 ``t2m_2000-12.nc``). A block that cannot run here (a SLURM cluster, S3 credentials, a GPU) is
 preceded by a ``<!-- skip-run: reason -->`` comment: it is still compiled, and its imports run.
+A block that must be a script of its own (it starts worker processes, which import the main
+script again) is preceded by ``<!-- own-script: reason -->``: it runs as its own file, in the
+same folder, after the blocks above it.
 Pages listed in :data:`SLOW_PAGES` run only with ``--run-slow``.
 """
 
@@ -40,6 +43,16 @@ MARK = "@@xzw-block "
 
 _FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>```+|~~~+)\s*(?P<info>[^\n`]*)$")
 _SKIP = re.compile(r"<!--\s*skip-run:\s*(?P<reason>.*?)\s*-->")
+_ALONE = re.compile(r"<!--\s*own-script:\s*(?P<reason>.*?)\s*-->")
+#: Runs an own-script block as its own file (from the page's script).
+_RUN_ALONE = """
+def _xzw_own_script(code, k):
+    import pathlib, subprocess, sys
+    path = pathlib.Path(f"_own_script_{k}.py")
+    path.write_text(code, encoding="utf-8")
+    if subprocess.run([sys.executable, str(path)]).returncode:
+        raise SystemExit(f"block {k}, run as its own script, failed")
+"""
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class Block:
     line: int  # 1-based line of the opening fence
     code: str
     skip: str | None  # the reason, when marked skip-run
+    alone: str | None = None  # the reason, when marked own-script
 
     def label(self) -> str:
         first = next((s for s in self.code.splitlines() if s.strip()), "")
@@ -71,9 +85,9 @@ def python_blocks(path: Path) -> list[Block]:
         while end < len(lines) and not lines[end].strip().startswith(fence):
             end += 1
         if info in ("python", "py", "python3", "pycon", "{code-block} python"):
-            skip = _marker(lines, i)
+            skip, alone = _marker(lines, i), _marker(lines, i, _ALONE)
             code = "\n".join(s[len(m.group("indent")) :] for s in lines[i + 1 : end])
-            blocks.append(Block(path.name, i + 1, session_source(code + "\n"), skip))
+            blocks.append(Block(path.name, i + 1, session_source(code + "\n"), skip, alone))
         i = end + 1
     return blocks
 
@@ -89,28 +103,43 @@ def session_source(code: str) -> str:
     return "".join(e.source for e in examples)
 
 
-def _marker(lines: list[str], fence: int) -> str | None:
-    """The reason of a ``<!-- skip-run: ... -->`` on the nearest non-blank line above."""
+def _marker(lines: list[str], fence: int, marker: re.Pattern[str] = _SKIP) -> str | None:
+    """The reason of a ``<!-- skip-run: ... -->`` (or ``marker``) on the nearest non-blank
+    line above."""
     j = fence - 1
     while j >= 0 and not lines[j].strip():
         j -= 1
-    m = _SKIP.search(lines[j]) if j >= 0 else None
+    m = marker.search(lines[j]) if j >= 0 else None
     return m.group("reason") if m else None
 
 
 def imports_of(code: str) -> str:
-    """The import statements of ``code`` (top level and nested), as source."""
+    """The import statements of ``code`` (top level and nested), as source; those of other
+    packages than ours may fail with ModuleNotFoundError (a skipped block may need a package
+    that is not a dependency, e.g. dask-jobqueue for SLURM)."""
     tree = ast.parse(code)
     nodes = [n for n in ast.walk(tree) if isinstance(n, ast.Import | ast.ImportFrom)]
-    return "\n".join(ast.unparse(n) for n in nodes) + "\n"
+    out = []
+    for n in nodes:
+        names = [a.name for a in n.names] if isinstance(n, ast.Import) else [n.module or ""]
+        if all(name.split(".")[0] == "xarray_zarrwrite" for name in names):
+            out.append(ast.unparse(n))
+        else:
+            out.append(f"try:\n    {ast.unparse(n)}\nexcept ModuleNotFoundError:\n    pass")
+    return "\n".join(out) + "\n"
 
 
 def page_script(blocks: list[Block]) -> str:
     """The page as one script: markers between blocks; skipped blocks only import."""
-    parts = ["import sys as _xzw_sys\n"]
+    parts = ["import sys as _xzw_sys\n", _RUN_ALONE]
     for k, block in enumerate(blocks):
         parts.append(f"_xzw_sys.stderr.write({MARK + str(k)!r} + '\\n'); _xzw_sys.stderr.flush()\n")
-        parts.append(imports_of(block.code) if block.skip else block.code)
+        if block.skip:
+            parts.append(imports_of(block.code))
+        elif block.alone:
+            parts.append(f"_xzw_own_script({block.code!r}, {k})\n")
+        else:
+            parts.append(block.code)
     return "".join(parts)
 
 
@@ -146,9 +175,17 @@ def test_blocks_are_found(tmp_path):
     found = python_blocks(page)
     assert [(b.line, b.skip) for b in found] == [(3, None), (9, "needs S3"), (18, None)]
     assert found[2].code == "y = x + 1\ny\n"
-    assert imports_of(found[1].code) == "import os\n"
+    assert imports_of(found[1].code) == (
+        "try:\n    import os\nexcept ModuleNotFoundError:\n    pass\n"
+    )
+    assert imports_of("import xarray_zarrwrite as xzw\n") == "import xarray_zarrwrite as xzw\n"
     script = page_script(found)
     assert "open(" not in script and "import os" in script and "y = x + 1" in script
+    alone = tmp_path / "alone.md"
+    alone.write_text("<!-- own-script: processes -->\n```python\nz = 3\n```\n")
+    (block,) = python_blocks(alone)
+    assert block.alone == "processes" and block.skip is None
+    assert "_xzw_own_script('z = 3\\n', 0)" in page_script([block])
 
 
 @pytest.mark.parametrize("page", _params())

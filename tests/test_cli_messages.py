@@ -40,7 +40,6 @@ PYTHON_ONLY = {
     "_icechunk.py": "Icechunk sessions and repositories are Python objects, never CLI stores",
     "_stream.py": "StreamWriter is a Python API",
     "_dask.py": "dask writes: the command line opens sources with chunks=None (no dask)",
-    "_empty_dask.py": "dask writes: the command line opens sources with chunks=None (no dask)",
     "_assembly.py": "StreamWriter's max_inflight_mb=",
     "storage/_buffered.py": "BufferedStore is a Python API",
     "demo.py": "the demo's own report (names xarray's functions on purpose)",

@@ -34,6 +34,7 @@ import numpy as np
 import xarray as xr
 
 from ._compat import async_array, sync
+from ._empty import configured
 from ._encoding import check_time_representable
 from ._growth import Growth, Layout, layout_of
 from ._open import StaleTemplateError, Verifier, layout_for, template_for_root
@@ -96,6 +97,7 @@ class RegionTarget:
         on_out_of_range: OnOutOfRange = "raise",
         *,
         gate: DaskGate | None = None,
+        write_empty_chunks: bool | None = None,
     ) -> None:
         self.store = store
         self.name = name
@@ -104,14 +106,16 @@ class RegionTarget:
         self.dtype = dtype
         self.on_out_of_range: OnOutOfRange = on_out_of_range
         self.gate = gate
+        #: as ``write_region(write_empty_chunks=)``; None: the template's default
+        self.write_empty_chunks = write_empty_chunks
 
     @property
     def ndim(self) -> int:
         return len(self.shape)
 
     def zarr_array(self, info: TemplateInfo) -> zarr.Array[Any]:
-        """The template array the blocks are stored into (subclasses configure it)."""
-        return info.zarr_arrays[self.name]
+        """The template array the blocks are stored into, with ``write_empty_chunks``."""
+        return configured(info.zarr_arrays[self.name], self.write_empty_chunks)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         selection = _selection(key, self.shape)

@@ -16,7 +16,6 @@ from zarr.abc.store import Store
 from ._compat import async_array, sync
 from ._dask import RegionTarget, gated, range_checked
 from ._empty import check_write_empty_chunks, configured
-from ._empty_dask import EmptyChunksTarget
 from ._icechunk import is_icechunk, transactional, write_dask_forked
 from ._open import StaleTemplateError, load_template, load_template_gated, load_template_with_root
 from ._region import plan_region
@@ -351,10 +350,8 @@ def _write_dask(
 
 
 def _target(store: Store, name: str, root: bytes, arr: ArrayInfo, opts: _Options) -> RegionTarget:
-    """The ``da.store`` target of one variable (with ``write_empty_chunks`` when given)."""
-    if opts.write_empty_chunks is None:
-        return RegionTarget(store, name, root, arr.shape, arr.stored_dtype, opts.on_out_of_range)
-    return EmptyChunksTarget(
+    """The ``da.store`` target of one variable."""
+    return RegionTarget(
         store,
         name,
         root,

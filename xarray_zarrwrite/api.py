@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -26,7 +25,7 @@ from ._stream import StreamWriter, WriteFuture
 from ._template import _as_dataset, open_template
 from ._template import to_template as _to_template
 from ._write import RegionWriteResult, encode_plan, write_encoded
-from .errors import OptionError, ZarrWriteError
+from .errors import ZarrWriteError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine
@@ -283,21 +282,12 @@ def _shared_writer(
 
 
 def _stream_options(options: _WriterOptions) -> dict[str, Any]:
-    """Keywords of :class:`StreamWriter` for ``options`` (``write_empty_chunks`` only when
-    set: it needs a StreamWriter that takes it)."""
-    out: dict[str, Any] = {
+    """Keywords of :class:`StreamWriter` for ``options``."""
+    return {
         "safe_chunks": options.safe_chunks,
         "on_out_of_range": options.on_out_of_range,
+        "write_empty_chunks": options.write_empty_chunks,
     }
-    if options.write_empty_chunks is not None:
-        if "write_empty_chunks" not in inspect.signature(StreamWriter).parameters:
-            raise OptionError(
-                "write_empty_chunks cannot be combined with blocking=False yet (this "
-                "StreamWriter does not take it); write with blocking=True, or leave "
-                "write_empty_chunks at its default"
-            )
-        out["write_empty_chunks"] = options.write_empty_chunks
-    return out
 
 
 def _write_dask(

@@ -19,9 +19,10 @@ style per-step writes (zarr ``Array.__setitem__`` per step: read-modify-write to
 Run: ``.venv/bin/python asv_bench/replay_stream.py`` (``--steps 5`` for a quick look).
 ``--durable-only`` measures only time-to-durable (lead_time chunk 1, no model step) against
 the bound, interleaved ``--repeats`` times in one run: ours with the default snapshot, ours
-with ``borrow=True`` (no snapshot copy), the bound before and after each, and the process CPU
-seconds of each (the CPU ratio does not depend on what else the machine runs; the wall ratio
-does: the load average is printed).
+with ``borrow=True`` (no snapshot copy), alternating which runs first, the bound before and
+after each, and the process CPU seconds of each (the CPU ratio does not depend on what else the
+machine runs; the wall ratio does: the load average is printed), with the page faults and new
+snapshot-pool buffers of each run.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import os
+import resource
 import shutil
 import tempfile
 import threading
@@ -225,40 +227,72 @@ def run_one(name, path, steps, model_s, mb):
     return inside, total, (written_bytes() - written) / 2**20, extra
 
 
-def durable_case(steps, repeats: int, mb: float) -> None:
-    """Time (and CPU seconds) until durable, ours vs the bound, interleaved in one run."""
+WRITERS = ("default", "borrow")
+WRITERS_NAMES = {"default": "ours", "borrow": "ours borrow"}
+
+
+def pool_buffers() -> int:
+    """Host snapshot buffers the process has allocated so far (the pool only grows when no
+    free buffer of a size is left: in steady state it reuses them, with no page faults)."""
+    from xarray_zarrwrite._runtime import runtime
+
+    pool = runtime.peek("staging.host_pool")
+    return 0 if pool is None else int(pool.allocated)
+
+
+def durable_case(steps, repeats: int, mb: float, writers: tuple[str, ...] = WRITERS) -> None:
+    """Time (and CPU seconds) until durable, ours vs the bound, interleaved in one run.
+
+    The two writers alternate which goes first in each repeat (the first writer of the process
+    also pays one-time costs: its snapshot pool's first-touch page faults, blosc's first output
+    buffers). Each line gives the process's minor page faults during the writer and the
+    snapshot buffers it allocated; the summary gives the medians over every repeat and over
+    the steady-state runs (no snapshot buffer allocated).
+    """
     work = Path(tempfile.mkdtemp(prefix="xzw-durable-"))
-    ratios: dict[str, list[tuple[float, float]]] = {"ours": [], "ours borrow": []}
+    names = [WRITERS_NAMES[w] for w in writers]
+    ratios: dict[str, list[tuple[float, float, int]]] = {name: [] for name in names}
     try:
         for r in range(repeats):
-            for name in ratios:
+            for name in names if r % 2 == 0 else names[::-1]:
                 c0 = time.process_time()
                 before = compression_bound(steps)
                 cpu_b = time.process_time() - c0
                 path = work / f"{r}.zarr"
                 make_template(path, steps, 1)
+                grown, faults = pool_buffers(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                 c0 = time.process_time()
                 _, total = run_ours(path, steps, 0.0, mb, borrow=name != "ours")
                 cpu = time.process_time() - c0
+                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+                grown = pool_buffers() - grown
                 c0 = time.process_time()
                 after = compression_bound(steps)
                 cpu_b = (cpu_b + time.process_time() - c0) / 2
                 verify(path, steps)
                 shutil.rmtree(path)
                 bound = (before + after) / 2
-                ratios[name].append((total / bound, cpu / cpu_b))
+                ratios[name].append((total / bound, cpu / cpu_b, grown))
                 print(
                     f"{name:12s} rep {r}: bound {before:.2f}/{after:.2f} s, ours {total:.2f} s, "
                     f"wall {total / bound:.2f}x, cpu {cpu:.2f}/{cpu_b:.2f} s = {cpu / cpu_b:.2f}x, "
-                    f"load {os.getloadavg()[0]:.1f}",
+                    f"minflt {faults}, new pool buffers {grown}, load {os.getloadavg()[0]:.1f}",
                     flush=True,
                 )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for name, rows in ratios.items():
-        wall = sorted(w for w, _ in rows)[len(rows) // 2]
-        cpu = sorted(c for _, c in rows)[len(rows) // 2]
-        print(f"{name}: median time-to-durable / bound {wall:.2f}x, CPU / bound CPU {cpu:.2f}x")
+        steady = [row for row in rows if row[2] == 0]
+        line = f"{name}: median time-to-durable / bound {_median(rows, 0):.2f}x, CPU / bound CPU "
+        line += f"{_median(rows, 1):.2f}x ({len(rows)} runs)"
+        if steady and len(steady) < len(rows):
+            line += f"; steady state (no pool growth, {len(steady)} runs): "
+            line += f"{_median(steady, 0):.2f}x, CPU {_median(steady, 1):.2f}x"
+        print(line)
+
+
+def _median(rows: list[tuple[float, float, int]], i: int) -> float:
+    return float(np.median([row[i] for row in rows]))
 
 
 def main() -> None:
@@ -270,10 +304,17 @@ def main() -> None:
     p.add_argument("--no-latency", action="store_true", help="skip the latency-store case")
     p.add_argument("--durable-only", action="store_true", help="only time-to-durable vs bound")
     p.add_argument("--repeats", type=int, default=3, help="repeats of --durable-only")
+    p.add_argument(
+        "--writers",
+        nargs="+",
+        choices=WRITERS,
+        default=list(WRITERS),
+        help="writers of --durable-only (one, with --repeats 1: the first writer of a process)",
+    )
     args = p.parse_args()
     steps = make_steps(args.steps)
     if args.durable_only:
-        durable_case(steps, args.repeats, args.max_inflight_mb)
+        durable_case(steps, args.repeats, args.max_inflight_mb, tuple(args.writers))
         return
     mb = sum(s.nbytes for s in steps) / 2**20
     work = Path(tempfile.mkdtemp(prefix="xzw-replay-"))

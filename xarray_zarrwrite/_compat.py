@@ -48,6 +48,9 @@ import zarr
 from packaging.version import Version
 from xarray.backends.zarr import FillValueCoder, encode_zarr_attr_value
 from xarray.backends.zarr import encode_zarr_variable as _encode_zarr_variable
+from xarray.coding.times import (
+    decode_cf_datetime,  # CFDatetimeCoder's transform (convert's fast scan; 2025.6-2026.9)
+)
 from xarray.conventions import (
     decode_cf_variables,  # open_dataset's CF decoding (convert's h5py scan; 2025.6-2026.9)
     encode_dataset_coordinates,
@@ -90,6 +93,7 @@ __all__ = [
     "encode_chunks",
     "regular_chunk_shape",
     "memory_store_at",
+    "decode_cf_datetime",
     "decode_cf_variables",
     "encode_dataset_coordinates",
     "encode_zarr_attr_value",

@@ -31,12 +31,20 @@ __all__ = ["HostPool", "Staged", "as_array", "is_device_array", "stage", "to_hos
 
 
 class HostPool:
-    """Reusable host buffers, keyed by size in bytes (pinned when CuPy asks for them)."""
+    """Reusable host buffers, keyed by size in bytes (pinned when CuPy asks for them).
+
+    A buffer is allocated only when no free one of its size is left, so the pool grows to the
+    snapshots held at once (bounded by the writers' in-flight budgets) and then stops: in
+    steady state every snapshot reuses memory already touched, with no page faults. The first
+    touch of a new buffer (in its first copy) is a one-time cost per process; ``allocated``
+    counts the buffers allocated so far.
+    """
 
     def __init__(self, *, pinned: bool = False) -> None:
         self._pinned = pinned
         self._free: defaultdict[int, list[Any]] = defaultdict(list)
         self._lock = threading.Lock()
+        self.allocated = 0  # buffers allocated (not reused) so far
 
     def take(self, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray:
         nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -45,6 +53,8 @@ class HostPool:
             mem = free.pop() if free else None
         if mem is None:
             mem = self._allocate(nbytes)
+            with self._lock:
+                self.allocated += 1
         return mem[:nbytes].view(dtype).reshape(shape)
 
     def give(self, arr: np.ndarray) -> None:

@@ -31,6 +31,7 @@ from ..errors import (
     SourceTypeError,
     VariableNotInTemplateError,
 )
+from . import _fastscan
 from ._h5scan import h5_scannable, scan_hdf5
 from ._index import SourceIndex, index_hdf5, is_hdf5
 from ._references import (
@@ -49,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 #: Set to "0" to read HDF5/NetCDF4 sources through xarray instead of by byte range.
 INDEX_ENV: Final = "XARRAY_ZARRWRITE_INDEX"
+#: Look-alike prototypes tried per file size before a file is scanned fully.
+_PROTOTYPES_PER_SIZE: Final = 3
 _OPEN_CACHE_SIZE: Final = 256  # Dataset objects; xarray bounds the open files (128)
 _GLOB_MAGIC: Final = re.compile(r"[*?[]")
 
@@ -446,10 +449,16 @@ def _scan_h5(
         names = [str(n) for n in ds.data_vars if (wanted is None or n in wanted) and n not in skip]
         return [*names, *_time_coords(ds, time_dim)]
 
+    drops = [drop] if isinstance(drop, str) else list(drop)
+    kind = _fastscan.kind_of(time_dim, variables, drop_variables, drops)
+    size = _fastscan.local_size(path)
+    tried = _fastscan.candidates(kind, size) if size is not None else []
+    for proto in tried:  # a file like one scanned before: compare bytes, read its times
+        schema = _fastscan.scan_like(path, spec.label, proto)
+        if schema is not None:
+            return schema
     with _open_lock:  # h5py and netCDF4 share one (not thread-safe) HDF5 library
-        got = scan_hdf5(
-            path, spec.storage_options, [drop] if isinstance(drop, str) else drop, names_of, saved
-        )
+        got = scan_hdf5(path, spec.storage_options, drops, names_of, saved)
     if got is None:
         return None
     opened, index = got
@@ -458,7 +467,13 @@ def _scan_h5(
     needed = [*map(str, ds.data_vars), *_time_coords(ds, time_dim)]
     if index is None or any(n not in index.variables for n in needed):
         return None  # read in part through xarray: the xarray path scans and indexes it
-    return _schema(spec.label, ds, time_dim, index)
+    schema = _schema(spec.label, ds, time_dim, index)
+    if size is not None and len(tried) < _PROTOTYPES_PER_SIZE:
+        with _open_lock:
+            made = _fastscan.build(path, schema, time_dim)
+        if made is not None:
+            _fastscan.keep(kind, made)
+    return schema
 
 
 def _index_of(spec: SourceSpec, opened: xr.Dataset, names: Sequence[str]) -> SourceIndex | None:

@@ -1,0 +1,227 @@
+"""The fast scan of look-alike files (``convert/_fastscan.py``): one full scan, then a byte
+comparison per file. Every fast result must equal the full scan's field by field, and any
+difference other than the time labels and text attributes must send the file to the full
+scan. The object header walk is checked on version 1 and version 2 headers."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from schema_compare import assert_same_schema
+
+from xarray_zarrwrite.convert import _fastscan, _h5bytes, _sources, convert
+
+NLAT, NLON = 6, 8
+
+
+@pytest.fixture(autouse=True)
+def _no_prototypes() -> Iterator[None]:
+    _fastscan.forget()
+    yield
+    _fastscan.forget()
+
+
+def _day(day: pd.Timestamp | Any, k: int, calendar: str = "standard") -> xr.Dataset:
+    if calendar == "standard":
+        time = pd.DatetimeIndex([day])
+    else:
+        time = xr.date_range(day, periods=1, freq="D", calendar=calendar, use_cftime=True)
+    rng = np.random.default_rng(k)
+    data = (rng.standard_normal((1, NLAT, NLON)) * 5 + 280).astype("f4")
+    data[0, -1, -1] = np.nan
+    return xr.Dataset(
+        {"t2m": (("time", "lat", "lon"), data, {"units": "K", "long_name": "t2m"})},
+        coords={
+            "time": time,
+            "lat": ("lat", np.linspace(-50, 50, NLAT), {"units": "degrees_north"}),
+            "lon": ("lon", np.linspace(0, 315, NLON), {"units": "degrees_east"}),
+        },
+        attrs={"title": "daily"},
+    )
+
+
+def _write_days(
+    tmp_path: Any,
+    n: int,
+    calendar: str = "standard",
+    edit: Callable[[xr.Dataset, int], xr.Dataset] | None = None,
+    **to_netcdf: Any,
+) -> list[str]:
+    days = xr.date_range("2001-02-25", periods=n, freq="D", calendar=calendar)
+    paths = []
+    for k, day in enumerate(days):
+        ds = _day(day, k, calendar)
+        if edit is not None:
+            ds = edit(ds, k)
+        path = str(tmp_path / f"day{k:03d}.nc")
+        ds.to_netcdf(path, **to_netcdf)
+        paths.append(path)
+    return paths
+
+
+def _scan(paths: list[str], monkeypatch: pytest.MonkeyPatch) -> tuple[list[Any], int]:
+    """(fast-path schemas, number of full h5py scans made)."""
+    full = 0
+    real = _sources.scan_hdf5
+
+    def counting(*a: Any, **k: Any) -> Any:
+        nonlocal full
+        full += 1
+        return real(*a, **k)
+
+    specs = [_sources.expand_sources(p)[0] for p in paths]
+    with monkeypatch.context() as m:
+        m.setattr(_sources, "scan_hdf5", counting)
+        out = [_sources.scan_source(s, "time", None, None) for s in specs]
+    return out, full
+
+
+def _full(paths: list[str], monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    specs = [_sources.expand_sources(p)[0] for p in paths]
+    with monkeypatch.context() as m:
+        m.setenv(_fastscan.FAST_SCAN_ENV, "0")
+        return [_sources.scan_source(s, "time", None, None) for s in specs]
+
+
+@pytest.mark.parametrize("calendar", ["standard", "noleap", "360_day", "julian"])
+@pytest.mark.parametrize("unlimited", [False, True])
+def test_look_alike_files_are_scanned_once(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, calendar: str, unlimited: bool
+) -> None:
+    # xarray writes units="days since <the file's day>": the time header differs per file
+    kw = {"unlimited_dims": ["time"]} if unlimited else {}
+    paths = _write_days(tmp_path, 6, calendar, **kw)
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 1  # the prototype; the other five by byte comparison
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+    assert [s.index.urls for s in fast] == [(p,) for p in paths]
+    assert fast[-1].times[-1] == xr.date_range("2001-02-25", periods=6, calendar=calendar)[-1]
+
+
+def test_fixed_units_and_per_file_history(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def edit(ds: xr.Dataset, k: int) -> xr.Dataset:
+        ds.time.encoding = {"units": "hours since 1900-01-01", "dtype": "int32"}
+        ds.attrs["history"] = f"made on day {k:03d} by a test"  # CDO/NCO style, same length
+        return ds
+
+    paths = _write_days(tmp_path, 5, edit=edit)
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 1
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+
+
+def _attr(ds: xr.Dataset, k: int) -> xr.Dataset:
+    ds.t2m.attrs["long_name"] = "t2m" if k < 2 else "T2m"  # same length, a schema field
+    return ds
+
+
+def _packed(ds: xr.Dataset, k: int) -> xr.Dataset:
+    ds.t2m.encoding = {
+        "dtype": "int16",
+        "scale_factor": 0.01 * (k + 1),
+        "add_offset": 280.0,
+        "_FillValue": np.int16(-32767),
+    }
+    return ds
+
+
+def _grid(ds: xr.Dataset, k: int) -> xr.Dataset:
+    return ds.assign_coords(lat=ds.lat + (0.5 if k >= 2 else 0.0))
+
+
+def _member(ds: xr.Dataset, k: int) -> xr.Dataset:
+    return ds.assign_coords(realization=np.int32(k))
+
+
+def _time_fill(ds: xr.Dataset, k: int) -> xr.Dataset:
+    # float times get a _FillValue: with netCDF-C's own attributes, more than 8 attributes,
+    # stored "dense" (in a fractal heap, not the object header)
+    ds.time.encoding = {"units": f"days since 2001-01-{k + 1:02d}", "dtype": "float64"}
+    ds.time.attrs["long_name"] = "time" if k < 2 else "Time"  # a time text, same length
+    ds.time.attrs["standard_name"] = "time"
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("edit", "full_scans"),
+    [(_attr, 2), (_packed, 5), (_grid, 2), (_member, 5), (_time_fill, 1)],
+    ids=["data-attribute", "per-file-packing", "grid", "scalar-member", "time-text"],
+)
+def test_other_differences_scan_fully(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, edit: Any, full_scans: int
+) -> None:
+    paths = _write_days(tmp_path, 5, edit=edit)
+    assert len({os.path.getsize(p) for p in paths}) == 1  # same size: compared byte by byte
+    fast, full = _scan(paths, monkeypatch)
+    # files 2-4 differ from files 0-1 (or every file from every other): a file unlike every
+    # kept prototype is scanned fully (and kept, while fewer than three are kept for its size)
+    assert full == full_scans
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+    if edit is _attr:
+        assert fast[-1].data_vars["t2m"].attrs["long_name"] == "T2m"
+    if edit is _packed:
+        assert fast[-1].index.variables["t2m"].encoding["scale_factor"] == pytest.approx(0.05)
+
+
+def test_changed_or_other_sized_files_scan_fully(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    paths = _write_days(tmp_path, 3)
+    longer = _day(pd.Timestamp("2001-02-28"), 9).reindex(lat=np.linspace(-50, 50, NLAT + 1))
+    longer.to_netcdf(tmp_path / "other.nc")
+    fast, full = _scan([*paths, str(tmp_path / "other.nc")], monkeypatch)
+    assert full == 2
+    assert fast[-1].sizes["lat"] == NLAT + 1
+
+
+def test_convert_of_look_alike_files_equals_open_mfdataset(tmp_path) -> None:
+    paths = _write_days(tmp_path, 9, unlimited_dims=["time"])
+    store = str(tmp_path / "out.zarr")
+    report = convert(paths, store, chunks={"time": 4}, progress=False)
+    assert report.ok, report.summary()
+    with xr.open_mfdataset(paths, combine="by_coords") as mf:
+        want = mf.load()
+    back = xr.open_zarr(store, chunks=None)
+    assert back.t2m.values.tobytes() == want.t2m.values.tobytes()
+    assert back.t2m.values[-1, -1].tobytes() == want.t2m.values[-1, -1].tobytes()
+    assert list(back.time.values) == list(want.time.values)
+
+
+@pytest.mark.parametrize(
+    ("libver", "many"), [("earliest", 6), ("latest", 6), ("latest", 14)], ids=["v1", "v2", "dense"]
+)
+def test_header_walk_finds_text_values(tmp_path, libver: str, many: int) -> None:
+    """Version 1 object headers (libver earliest), version 2 (latest) with attributes enough
+    to need a continuation chunk, and dense attribute storage (a fractal heap, beyond 8
+    attributes): every scalar fixed-length text is found where its value is stored."""
+    path = str(tmp_path / "h.h5")
+    with h5py.File(path, "w", libver=libver) as f:
+        dset = f.create_dataset("time", data=np.arange(3.0))
+        texts = {f"a{i}": np.bytes_(f"value number {i}") for i in range(many)}
+        for key, value in texts.items():
+            dset.attrs[key] = value
+        dset.attrs["n"] = np.int32(4)  # not a text: never allowed to differ
+        f.attrs["history"] = np.bytes_("made by a test")
+    with h5py.File(path, "r") as f:
+        spans = _h5bytes.text_spans(f, h5py, f["time"])
+        root = _h5bytes.text_spans(f, h5py, f["/"])
+        version = h5py.h5o.get_info(f["time"].id).hdr.version
+    assert version == (1 if libver == "earliest" else 2)
+    assert spans is not None and root is not None
+    assert set(spans.texts) == set(texts)
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    for key, ((a, b), checksums) in spans.texts.items():
+        assert raw[a:b] == bytes(texts[key])
+        assert bool(checksums) == (libver == "latest")
+        for lo, hi in checksums:
+            assert hi - lo == 4 and not lo <= a < hi
+    assert raw[slice(*root.texts["history"][0])] == b"made by a test"

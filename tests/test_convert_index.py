@@ -237,6 +237,28 @@ def test_saved_index_is_invisible_and_reused(
     assert check(store).complete
 
 
+def test_saved_index_of_an_earlier_version_is_read_and_rewritten(
+    files: list[str], tmp_path
+) -> None:
+    """Archives of earlier versions keep the entries as plain attributes (``_KEY``); they are
+    read, and the next save writes the packed form alone, keeping their entries."""
+    store = str(tmp_path / "old.zarr")
+    _convert(files[:2], store, 4, global_end="2001-02-13")
+    group = zarr.open_group(store, path=_index_store.INDEX_GROUP, mode="r+")
+    entries = _index_store._read(group.attrs)
+    assert set(entries) == set(files[:2]) and _index_store._KEY not in group.attrs
+    group.attrs.put({_index_store._KEY: entries})  # the earlier form
+    saved = _index_store.load_saved(store, _sources.expand_sources(files[:2]))
+    for spec in saved:
+        assert spec.index is not None and spec.index.urls == (spec.path,)
+        assert spec.index.stamp is not None
+    report = convert(files[:4], store, progress=False)  # fills the archive
+    assert report.ok, report.summary()
+    attrs = zarr.open_group(store, path=_index_store.INDEX_GROUP, mode="r").attrs
+    assert _index_store._KEY not in attrs
+    assert set(_index_store._read(attrs)) == set(files[:4])
+
+
 def test_changed_file_is_indexed_again(files: list[str], tmp_path) -> None:
     src = tmp_path / "one.nc"
     _data("2001-01-01", 11, 0).to_netcdf(src, encoding=_encodings(0))

@@ -185,6 +185,8 @@ def decode_times(
         values = decode_cf_datetime(raw, units, calendar, _CODER.use_cftime, _CODER.time_unit)
         if values.dtype.kind == "O":
             times: pd.Index = xr.CFTimeIndex(values, name=name)  # type: ignore[no-untyped-call]
+        elif values.dtype.kind == "M":  # what pd.Index makes of it, in half the time
+            times = pd.DatetimeIndex(values, name=name)
         else:
             times = pd.Index(values, name=name)
         found = calendar or getattr(times, "calendar", None)  # as time_calendar() says

@@ -30,6 +30,7 @@ scan runs in processes only where the tasks do (``executor="processes"``, or the
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -78,6 +79,11 @@ def h5_scannable(path: str | None, engine: str | None, open_kwargs: Mapping[str,
         return False
     if set(open_kwargs) - _KNOWN_KWARGS:
         return False
+    return _h5py_and_netcdf4()
+
+
+@functools.cache
+def _h5py_and_netcdf4() -> bool:
     try:
         importlib.import_module("h5py")
         importlib.import_module("netCDF4")  # else xarray would open it with h5netcdf

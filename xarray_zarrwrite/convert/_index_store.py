@@ -30,6 +30,18 @@ logger = logging.getLogger(__name__)
 #: The subgroup of the archive holding the index of its sources.
 INDEX_GROUP: Final = "xarray_zarrwrite_index"
 _KEY: Final = "xarray_zarrwrite:sources"
+#: Since 2026-12: the same mapping as one zlib-compressed, base64 JSON text. Thousands of
+#: entries as plain attributes took zarr's (pure Python) JSON encoder 0.4 s for 1,461 daily
+#: files; look-alike files' entries differ only in path and stamp, and compress 100-fold.
+_PACKED: Final = "xarray_zarrwrite:sources.zlib"
+
+
+def _read(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """The saved entries, from either form (archives of earlier versions have ``_KEY``)."""
+    if _PACKED in attrs:
+        text = zlib.decompress(base64.b64decode(str(attrs[_PACKED])))
+        return dict(json.loads(text))
+    return dict(attrs.get(_KEY, {}))
 
 
 def load_saved(target: Any, specs: Sequence[SourceSpec]) -> list[SourceSpec]:
@@ -37,7 +49,7 @@ def load_saved(target: Any, specs: Sequence[SourceSpec]) -> list[SourceSpec]:
     checks that the file is unchanged before it uses it)."""
     try:
         group = zarr.open_group(target, path=INDEX_GROUP, mode="r")
-        saved: dict[str, Any] = dict(group.attrs.get(_KEY, {}))  # type: ignore[arg-type]
+        saved = _read(group.attrs)
     except Exception:  # noqa: BLE001  (no saved index, or an unreadable one: index again)
         return list(specs)
     out = []
@@ -62,8 +74,9 @@ def attach(specs: Sequence[SourceSpec], schemas: Sequence[SourceSchema]) -> list
 
 def save(target: Any, specs: Sequence[SourceSpec]) -> None:
     """Keep the index of every indexed local file in the archive (see the module doc)."""
+    shared: dict[int, dict[str, Any]] = {}  # look-alike files share their VarIndex objects
     docs = {
-        s.path: to_json(s.index)
+        s.path: to_json(s.index, shared)
         for s in specs
         if s.path is not None and s.index is not None and s.index.stamp is not None
     }
@@ -72,7 +85,7 @@ def save(target: Any, specs: Sequence[SourceSpec]) -> None:
     try:
         try:
             group = zarr.open_group(target, path=INDEX_GROUP, mode="r+")
-            old: dict[str, Any] = dict(group.attrs.get(_KEY, {}))  # type: ignore[arg-type]
+            old = _read(group.attrs)
         except (FileNotFoundError, KeyError, ValueError, zarr.errors.BaseZarrError):
             # the archive's own format: a v3 subgroup in a v2 archive would add a root
             # zarr.json beside .zgroup, and zarr would then read the archive as v3 (empty)
@@ -80,8 +93,9 @@ def save(target: Any, specs: Sequence[SourceSpec]) -> None:
             group = zarr.open_group(target, path=INDEX_GROUP, mode="a", zarr_format=fmt)
             old = {}
         old.update(docs)
-        json.dumps(old)  # refuse anything that would not round-trip
-        group.attrs[_KEY] = old
+        text = json.dumps(old)  # refuse anything that would not round-trip
+        packed = base64.b64encode(zlib.compress(text.encode(), 6)).decode()
+        group.attrs.put({_PACKED: packed})  # replaces the older form, if any
     except Exception as exc:  # noqa: BLE001  (keeping the index is optional)
         logger.warning("could not keep the source index in the archive: %s", exc)
 
@@ -128,30 +142,38 @@ def _from_json(v: Any) -> Any:
     return v
 
 
-def to_json(index: SourceIndex) -> dict[str, Any]:
-    """A JSON-able form of ``index`` (kept in the archive, see :mod:`._index_store`)."""
+def to_json(index: SourceIndex, shared: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A JSON-able form of ``index`` (kept in the archive, see :mod:`._index_store`);
+    ``shared`` keeps the forms of variable indexes by identity, for indexes that share them."""
+    memo = {} if shared is None else shared
+    out = {}
+    for n, v in index.variables.items():
+        if id(v) not in memo:
+            memo[id(v)] = _variable_json(v)
+        out[n] = memo[id(v)]
     return {
         "urls": list(index.urls),
         "stamp": list(index.stamp) if index.stamp else None,
-        "variables": {
-            n: {
-                "dims": list(v.dims),
-                "shape": list(v.shape),
-                "chunks": list(v.chunks),
-                "dtype": v.dtype,
-                "codecs": [dict(c) for c in v.codecs],
-                "offsets": _pack(v.offsets),
-                "sizes": _pack(v.sizes),
-                "url_ids": _pack(v.url_ids),
-                "masks": _pack(v.masks),
-                "fill": _jsonable(v.fill),
-                "encoding": {k: _jsonable(x) for k, x in v.encoding.items()},
-                "inline": {str(k): _jsonable(b) for k, b in v.inline.items()},
-                "order": v.order,
-                "decoded": v.decoded,
-            }
-            for n, v in index.variables.items()
-        },
+        "variables": out,
+    }
+
+
+def _variable_json(v: VarIndex) -> dict[str, Any]:
+    return {
+        "dims": list(v.dims),
+        "shape": list(v.shape),
+        "chunks": list(v.chunks),
+        "dtype": v.dtype,
+        "codecs": [dict(c) for c in v.codecs],
+        "offsets": _pack(v.offsets),
+        "sizes": _pack(v.sizes),
+        "url_ids": _pack(v.url_ids),
+        "masks": _pack(v.masks),
+        "fill": _jsonable(v.fill),
+        "encoding": {k: _jsonable(x) for k, x in v.encoding.items()},
+        "inline": {str(k): _jsonable(b) for k, b in v.inline.items()},
+        "order": v.order,
+        "decoded": v.decoded,
     }
 
 

@@ -124,7 +124,8 @@ def _differing_dims(schemas: Sequence[SourceSchema], time_dim: str) -> list[str]
         if not all(dim in s.indexes for s in schemas):
             continue
         first = schemas[0].indexes[dim]
-        if any(not s.indexes[dim].equals(first) for s in schemas[1:]):
+        # look-alike files (the fast scan) share their index objects: no comparison
+        if any(s.indexes[dim] is not first and not s.indexes[dim].equals(first) for s in schemas):
             out.append(dim)
     return out
 

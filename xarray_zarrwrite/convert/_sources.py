@@ -438,17 +438,7 @@ def _scan_h5(
     if os.environ.get(INDEX_ENV, "1") == "0" or spec.path is None:
         return None
     path = spec.path
-    if not is_hdf5(path, spec.storage_options):  # NetCDF3, GRIB, ...: the xarray path
-        return None
-    saved = spec.index if spec.index is not None and spec.index.stamp == _stamp(path) else None
     drop = spec.open_kwargs.get("drop_variables") or ()
-
-    def names_of(ds: xr.Dataset) -> list[str]:
-        wanted = set(variables) if variables is not None else None
-        skip = set(drop_variables or ())
-        names = [str(n) for n in ds.data_vars if (wanted is None or n in wanted) and n not in skip]
-        return [*names, *_time_coords(ds, time_dim)]
-
     drops = [drop] if isinstance(drop, str) else list(drop)
     kind = _fastscan.kind_of(time_dim, variables, drop_variables, drops)
     size = _fastscan.local_size(path)
@@ -457,6 +447,16 @@ def _scan_h5(
         schema = _fastscan.scan_like(path, spec.label, proto)
         if schema is not None:
             return schema
+    if not is_hdf5(path, spec.storage_options):  # NetCDF3, GRIB, ...: the xarray path
+        return None
+    saved = spec.index if spec.index is not None and spec.index.stamp == _stamp(path) else None
+
+    def names_of(ds: xr.Dataset) -> list[str]:
+        wanted = set(variables) if variables is not None else None
+        skip = set(drop_variables or ())
+        names = [str(n) for n in ds.data_vars if (wanted is None or n in wanted) and n not in skip]
+        return [*names, *_time_coords(ds, time_dim)]
+
     with _open_lock:  # h5py and netCDF4 share one (not thread-safe) HDF5 library
         got = scan_hdf5(path, spec.storage_options, drops, names_of, saved)
     if got is None:

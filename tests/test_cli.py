@@ -205,6 +205,9 @@ def test_demo_small(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "identical" in out and "demo: OK" in out
     assert "open_mfdataset" in out
+    # the second part: many daily files, converted and written by xarray, compared
+    assert "60 daily files" in out and "identical bit for bit" in out
+    assert (tmp_path / "daily" / "era5-00059.nc").exists()
 
 
 def run_cli(*argv, cwd=None):

@@ -295,6 +295,7 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--nlat", type=int, default=120)
     p.add_argument("--nlon", type=int, default=240)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--days", type=int, default=None, help="daily files (default 30 per month)")
     p.set_defaults(func=_cmd_demo)
 
 
@@ -555,6 +556,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         nlat=args.nlat,
         nlon=args.nlon,
         workers=args.workers,
+        days=args.days,
     )
     return EXIT_OK if ok else EXIT_FAILED
 

@@ -73,9 +73,13 @@ def run_demo(
     nlat: int = 120,
     nlon: int = 240,
     workers: int = 2,
+    days: int | None = None,
     out: Callable[[str], Any] = print,
 ) -> bool:
-    """Run the demo; returns True when the archive is complete and bit-identical."""
+    """Run the demo; returns True when the archives are complete and bit-identical.
+
+    ``days`` daily files (default: 30 per month) make the second part: many small files,
+    converted and written by ``open_mfdataset(files).to_zarr()``, compared."""
     from ._check import check
     from .convert import convert
 
@@ -133,9 +137,56 @@ def run_demo(
             raise_on_failure=False,
         )
         _table(out, report.nbytes, report.seconds, again.seconds, t_xr, t_floor, workers)
-        ok = report.ok and again.ok and status.complete and same
+        many = _many_files(work, 30 * months if days is None else days, nlat, nlon, workers, out)
+        ok = report.ok and again.ok and status.complete and same and many
         out("demo: OK" if ok else "demo: FAILED")
         return ok
+
+
+def _many_files(
+    work: str, days: int, nlat: int, nlon: int, workers: int, out: Callable[[str], Any]
+) -> bool:
+    """Issue 12's second figure in small: ``days`` daily files (one time step each, as many
+    archives deliver them) converted, and written by ``open_mfdataset(files).to_zarr()``."""
+    from .convert import convert
+    from .testing.datasets import era5_like
+
+    directory = os.path.join(work, "daily")
+    os.makedirs(directory, exist_ok=True)
+    ds = era5_like("2002-01-01", days, nlat=nlat, nlon=nlon)
+    files = []
+    for i in range(days):
+        path = os.path.join(directory, f"era5-{i:05d}.nc")
+        ds.isel(time=slice(i, i + 1)).to_netcdf(path)
+        files.append(path)
+    ours_store, theirs_store = os.path.join(work, "daily.zarr"), os.path.join(work, "daily-xr.zarr")
+    shutil.rmtree(ours_store, ignore_errors=True)
+    report = convert(
+        files,
+        ours_store,
+        chunks={"time": TIME_CHUNK, "lat": -1, "lon": -1},
+        max_workers=workers,
+        resume=False,
+        progress=False,
+        raise_on_failure=False,
+    )
+    shutil.rmtree(theirs_store, ignore_errors=True)
+    t0 = time.perf_counter()
+    with xr.open_mfdataset(files, combine="by_coords") as mf:
+        mf.to_zarr(theirs_store, mode="w", zarr_format=3, consolidated=False)
+    t_xr = time.perf_counter() - t0
+    ours = xr.open_zarr(ours_store, chunks=None, consolidated=False).load()
+    bad = _identical_bits(ours, xr.open_zarr(theirs_store, chunks=None, consolidated=False).load())
+    out("")
+    out(
+        f"{days} daily files ({len(ds.data_vars)} variables, one step each): convert "
+        f"{report.seconds:.2f} s, xr.open_mfdataset(files).to_zarr() {t_xr:.2f} s: "
+        f"{t_xr / report.seconds:.1f}x xarray's speed; the archives are "
+        + ("identical bit for bit" if not bad else f"DIFFERENT ({bad})")
+    )
+    goal = t_xr / report.seconds >= 10
+    out(f"goal: 10x xarray on many small files: {'met' if goal else 'NOT met'}")
+    return report.ok and not bad
 
 
 def _xarray_baseline(files: list[str], store: str, nlat: int, nlon: int) -> float:

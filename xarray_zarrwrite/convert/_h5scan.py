@@ -6,7 +6,8 @@ xarray's netCDF4 backend (netCDF-C's open, xarray's lazy array machinery) and th
 time with h5py for the chunk index; now one ``h5py.File`` open reads all of it. Measured (2
 cores, load 1.5, 1,461 small daily files): 10.6-12.9 ms per file, the xarray path 9.9-11.1
 ms: h5py's Python overhead per object and attribute eats the saved open; it is one open and
-no netCDF-C handle per file, not yet a faster scan.
+no netCDF-C handle per file, not yet a faster scan. Files laid out like one scanned before skip
+this scan altogether: :mod:`._fastscan` compares their bytes instead (under 1 ms per file).
 
 Exactness: the raw variables and attributes are read here as netCDF4-python presents them
 (hidden netCDF-4/HDF5 bookkeeping attributes dropped, fixed-length strings decoded from their

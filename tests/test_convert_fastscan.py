@@ -225,3 +225,25 @@ def test_header_walk_finds_text_values(tmp_path, libver: str, many: int) -> None
         for lo, hi in checksums:
             assert hi - lo == 4 and not lo <= a < hi
     assert raw[slice(*root.texts["history"][0])] == b"made by a test"
+
+
+def test_kinds_interleaved_keep_their_prototypes(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files per variable, listed day by day: one prototype per kind of file, each reused
+    (the least recently used prototype goes first, and only beyond the limits)."""
+    paths = []
+    for k, day in enumerate(pd.date_range("2001-03-01", periods=4, freq="D")):
+        for var, n in (("a", NLAT), ("b", NLAT + 2), ("c", NLAT + 4)):
+            ds = _day(day, k).rename(t2m=var).reindex(lat=np.linspace(-50, 50, n))
+            path = str(tmp_path / f"{var}-{k}.nc")
+            ds.to_netcdf(path)
+            paths.append(path)
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 3  # one per kind
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+    monkeypatch.setattr(_fastscan, "_KEEP", 2)  # fewer slots than kinds: still correct
+    _fastscan.forget()
+    fast, full = _scan(paths, monkeypatch)
+    assert full > 3  # kinds pushed out before their next file are scanned fully again
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)

@@ -57,10 +57,12 @@ if TYPE_CHECKING:
 
 #: Set to "0" to scan every file fully (no byte comparison with a look-alike).
 FAST_SCAN_ENV: Final = "XARRAY_ZARRWRITE_FAST_SCAN"
-#: Prototypes kept per process (each holds one file's skeleton: a few KB to a few MB).
-_KEEP: Final = 16
+#: Prototypes kept per process, and their skeletons' bytes in all: enough for files per
+#: variable (one kind of file per variable) interleaved by date, bounded in memory.
+_KEEP: Final = 64
+_KEEP_BYTES: Final = 64 << 20
 #: Skeletons larger than this are not kept (a file that is mostly metadata).
-_MAX_SKELETON: Final = 16 << 20
+_MAX_SKELETON: Final = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -368,17 +370,24 @@ def local_size(path: str) -> int | None:
 
 
 def candidates(key: tuple[Any, ...], size: int) -> list[Prototype]:
-    """The kept prototypes for scans keyed ``key`` of files of ``size`` bytes, newest first."""
+    """The kept prototypes for scans keyed ``key`` of files of ``size`` bytes, most recently
+    used first (they become the most recently used)."""
     with _protos_lock:
-        return [p for k, p in reversed(_protos.items()) if k[:-1] == (*key, size)]
+        keys = [k for k in _protos if k[:-1] == (*key, size)]
+        for k in keys:
+            _protos.move_to_end(k)
+        return [_protos[k] for k in reversed(keys)]
 
 
 def keep(key: tuple[Any, ...], proto: Prototype) -> None:
-    """Keep ``proto`` for later scans keyed ``key`` (the oldest go beyond :data:`_KEEP`)."""
+    """Keep ``proto`` for later scans keyed ``key``; the least recently used go beyond
+    :data:`_KEEP` prototypes or :data:`_KEEP_BYTES` of skeletons."""
     with _protos_lock:
         _protos[(*key, proto.size, id(proto))] = proto
-        while len(_protos) > _KEEP:
-            _protos.popitem(last=False)
+        total = sum(p.reference.nbytes for p in _protos.values())
+        while len(_protos) > _KEEP or (total > _KEEP_BYTES and len(_protos) > 1):
+            _, old = _protos.popitem(last=False)
+            total -= old.reference.nbytes
 
 
 def forget() -> None:

@@ -247,3 +247,23 @@ def test_kinds_interleaved_keep_their_prototypes(tmp_path, monkeypatch: pytest.M
     assert full > 3  # kinds pushed out before their next file are scanned fully again
     for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
         assert_same_schema(a, b)
+
+
+def _coordinates_text(ds: xr.Dataset, k: int) -> xr.Dataset:
+    # "coordinates" on the time variable names which variables are coordinates: a per-file
+    # change of it (same length) changes the scan, so it is never taken from the bytes
+    ds["aa"] = ("time", np.array([k], dtype="f4"))
+    ds["bb"] = ("time", np.array([k], dtype="f4"))
+    ds.time.attrs["coordinates"] = "aa" if k < 2 else "bb"
+    ds.attrs["coordinates"] = "x"  # and the root's: the same rule
+    return ds
+
+
+def test_texts_that_decode_other_variables_must_not_differ(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _write_days(tmp_path, 4, edit=_coordinates_text)
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 2  # day 2 differs in the time's "coordinates": scanned fully
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)

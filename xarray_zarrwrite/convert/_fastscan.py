@@ -55,6 +55,9 @@ from ._index import RangeReader, SourceIndex, VarIndex, _h5_variable, read_raw
 if TYPE_CHECKING:
     from ._sources import SourceSchema
 
+#: Text attributes that xarray's CF decoding reads to decode *other* variables: never allowed
+#: to differ between look-alike files (see :func:`_inspect`).
+_DECODING_TEXTS: Final = frozenset({"coordinates", "bounds"})
 #: Set to "0" to scan every file fully (no byte comparison with a look-alike).
 FAST_SCAN_ENV: Final = "XARRAY_ZARRWRITE_FAST_SCAN"
 #: Prototypes kept per process, and their skeletons' bytes in all: enough for files per
@@ -280,8 +283,15 @@ def _inspect(
     if time_vi is None:
         return None
     texts_at: list[_TextAt] = []
-    # the time variable's own texts (not netCDF-C's, e.g. a dimension's NAME) and the root's
-    for owner, obj, names in ((time_dim, dset, set(keys) - _HIDDEN), ("", f["/"], None)):
+    # the time variable's own texts (not netCDF-C's, e.g. a dimension's NAME) and the root's,
+    # but none that xarray's decoding reads for other variables: "coordinates" (which
+    # variables are coordinates, on any variable or the root) and "bounds" (whose variable
+    # gets the time's units)
+    root = set(f.attrs) - _DECODING_TEXTS
+    for owner, obj, names in (
+        (time_dim, dset, set(keys) - _HIDDEN - _DECODING_TEXTS),
+        ("", f["/"], root),
+    ):
         spans = text_spans(f, h5py, obj, names)
         if spans is None:
             continue  # nothing of this object may differ

@@ -267,3 +267,16 @@ def test_texts_that_decode_other_variables_must_not_differ(
     assert full == 2  # day 2 differs in the time's "coordinates": scanned fully
     for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
         assert_same_schema(a, b)
+
+
+def test_no_prototype_from_a_file_changed_since_its_scan(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    paths = _write_days(tmp_path, 1)
+    (schema,) = _full(paths, monkeypatch)
+    assert _fastscan.build(paths[0], schema, "time") is not None
+    size, mtime = schema.index.stamp
+    stale = replace(schema, index=replace(schema.index, stamp=(size, mtime - 1)))
+    assert _fastscan.build(paths[0], stale, "time") is None  # its bytes are not that scan's

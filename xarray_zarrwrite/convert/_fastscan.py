@@ -226,9 +226,10 @@ def build(path: str, schema: SourceSchema, time_dim: str) -> Prototype | None:
         if found is None:
             return None
         time_vi, time_attrs, texts_at = found
-        size = os.stat(path).st_size
-        if size != schema.index.stamp[0]:
-            return None  # changed since the scan
+        st = os.stat(path)
+        size = st.st_size
+        if (size, st.st_mtime_ns) != tuple(schema.index.stamp):
+            return None  # changed since the scan: its bytes would not be the schema's
         ranges = _skeleton(size, [*schema.index.variables.values(), time_vi])
         total = sum(b - a for a, b in ranges)
         if total > _MAX_SKELETON:
@@ -236,6 +237,8 @@ def build(path: str, schema: SourceSchema, time_dim: str) -> Prototype | None:
         fd = os.open(path, os.O_RDONLY)
         try:
             reference = _read_ranges(fd, ranges, total)
+            if os.fstat(fd).st_mtime_ns != st.st_mtime_ns:
+                return None  # written to while read
         finally:
             os.close(fd)
     except (OSError, ValueError, TypeError, KeyError, struct.error):

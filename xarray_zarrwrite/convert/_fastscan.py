@@ -50,7 +50,7 @@ import xarray as xr
 
 from .._compat import decode_cf_datetime, decode_cf_variables
 from ._h5bytes import text_spans
-from ._index import RangeReader, SourceIndex, VarIndex, _h5_variable, read_raw
+from ._index import RangeReader, SourceIndex, VarIndex, _h5_variable, _pread_into, read_raw
 
 if TYPE_CHECKING:
     from ._sources import SourceSchema
@@ -140,7 +140,7 @@ def _read_ranges(fd: int, ranges: Sequence[tuple[int, int]], total: int) -> np.n
     at = 0
     for start, stop in ranges:
         n = stop - start
-        if os.preadv(fd, [view[at : at + n]], start) != n:
+        if _pread_into(fd, view[at : at + n], start) != n:
             return None
         at += n
     return buf
@@ -157,7 +157,7 @@ def _read_times(fd: int, path: str, proto: Prototype) -> np.ndarray:
     single = len(offsets) == 1 and sizes[0] >= n * itemsize
     if not vi.codecs and n and offsets[0] >= 0 and (contiguous or single):
         raw = np.empty(n, dtype=vi.dtype)
-        if os.preadv(fd, [memoryview(raw).cast("B")], int(offsets[0])) != raw.nbytes:
+        if _pread_into(fd, memoryview(raw).cast("B"), int(offsets[0])) != raw.nbytes:
             raise OSError(f"{path}: short read of the time labels")
         return raw
     with RangeReader(SourceIndex((path,), {proto.time_name: vi})) as reader:

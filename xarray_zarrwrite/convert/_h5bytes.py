@@ -21,7 +21,6 @@ fast scan then lets nothing of that attribute differ.
 
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -96,16 +95,17 @@ class _FileBytes:
     """Small reads of one file (object headers, heap blocks)."""
 
     def __init__(self, path: str) -> None:
-        self._fd = os.open(path, os.O_RDONLY)
+        self._file = open(path, "rb")  # noqa: SIM115  (closed by close())
 
     def read(self, at: int, n: int) -> bytes:
-        data = os.pread(self._fd, n, at)
+        self._file.seek(at)
+        data = self._file.read(n)
         if len(data) != n:
             raise ValueError(f"short read at {at}")
         return data
 
     def close(self) -> None:
-        os.close(self._fd)
+        self._file.close()
 
 
 def _uint(data: bytes) -> int:

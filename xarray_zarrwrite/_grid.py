@@ -10,6 +10,7 @@ whether a selection is made of whole units (the array's last, partial unit count
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ class ChunkGrid:
     def ndim(self) -> int:
         return len(self.shape)
 
-    @property
+    @functools.cached_property  # asked for several times per chunk written
     def grid_shape(self) -> tuple[int, ...]:
         """Number of write units along each dimension."""
         return tuple(math.ceil(n / u) for n, u in zip(self.shape, self.unit, strict=True))

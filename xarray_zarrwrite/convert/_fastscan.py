@@ -17,16 +17,19 @@ itself from the compared bytes:
   xarray's own decoder, exactly as the full scan decodes them;
 - the fixed-length text attributes (netCDF ``NC_CHAR``) of the time variable and of the root
   group, whose values may differ from file to file at the same length: xarray writes
-  ``units="days since <the file's first day>"``, CDO and NCO a per-file ``history``. Their
-  data spans are found by walking the object header messages (HDF5 file format spec, version 1
-  and 2 object headers, attribute message versions 1-3), checked against the prototype's own
-  values, and only those spans plus the header chunks' checksums may differ. The time
-  variable's texts are read back from the file's bytes; the root group's are not part of a
-  scan's schema.
+  ``units="days since <the file's first day>"``, CDO and NCO a per-file ``history``;
+- the CF packing of the data variables (``scale_factor``, ``add_offset``): ERA5 files from the
+  CDS are packed to int16 per file.
 
-Any other difference (a per-file ``scale_factor``, other coordinates, a scalar member label,
-another chunk layout, an attribute in dense storage) fails the comparison and the file is
-scanned fully, so the result is always what the full scan gives (tests compare every field).
+The spans of those values are found by walking the object headers and dense attribute heaps
+(:mod:`._h5bytes`) and checked against the prototype's own values; only those spans and the
+checksums covering them may differ. The time variable's texts and the packings are read back
+from the file's bytes; the root group's texts are not part of a scan's schema. Texts that
+xarray reads to decode other variables (``coordinates``, ``bounds``) must not differ.
+
+Any other difference (other coordinates, a scalar member label, another chunk layout, a data
+variable's attributes) fails the comparison and the file is scanned fully, so the result is
+always what the full scan gives (tests compare every field).
 
 Measured on 1,461 daily files of 120 x 240 float32 (``asv_bench/compare_convert.py``): see the
 figures in docs/benchmarks.md ("Conversion of many files").
@@ -72,10 +75,11 @@ _MAX_SKELETON: Final = 4 << 20
 class _Text:
     """A fixed-length text attribute's value bytes, as positions in the skeleton buffer."""
 
-    owner: str  # the time variable's name, or "" for the root group
+    owner: str  # the time variable's name, "" for the root group, or a data variable's
     key: str
     start: int
     stop: int
+    dtype: str | None = None  # a number's stored dtype (a data variable's packing); None: text
 
 
 @dataclass(frozen=True, eq=False)
@@ -119,18 +123,24 @@ def scan_like(path: str, label: str, proto: Prototype) -> SourceSchema | None:
     finally:
         os.close(fd)
     attrs = dict(proto.time_attrs)
+    packing: dict[str, dict[str, Any]] = {}
     for text in proto.texts:
-        if text.owner == proto.time_name:
-            attrs[text.key] = _text(buf[text.start : text.stop].tobytes())
+        value = buf[text.start : text.stop]
+        if text.dtype is not None:  # a data variable's packing, when not the prototype's
+            if (value != proto.reference[text.start : text.stop]).any():
+                packing.setdefault(text.owner, {})[text.key] = _number(value, text.dtype)
+        elif text.owner == proto.time_name:
+            attrs[text.key] = _text(value.tobytes())
     try:
         times, calendar = decode_times(proto.time_name, proto.time_vi.dims, raw, attrs)
     except (ValueError, TypeError, OverflowError):
         return None  # undecodable here: the full scan says why
-    index = SourceIndex(
-        (path,),
-        proto.schema.index.variables if proto.schema.index is not None else {},
-        stamp=(st.st_size, st.st_mtime_ns),
-    )
+    variables = dict(proto.schema.index.variables) if proto.schema.index is not None else {}
+    for name, encoding in packing.items():
+        variables[name] = replace(
+            variables[name], encoding={**variables[name].encoding, **encoding}
+        )
+    index = SourceIndex((path,), variables, stamp=(st.st_size, st.st_mtime_ns))
     return replace(proto.schema, label=label, times=times, calendar=calendar, index=index)
 
 
@@ -222,7 +232,7 @@ def build(path: str, schema: SourceSchema, time_dim: str) -> Prototype | None:
     h5py: Any = importlib.import_module("h5py")
     try:
         with h5py.File(path, "r") as f:
-            found = _inspect(f, h5py, time_dim)
+            found = _inspect(f, h5py, time_dim, schema)
         if found is None:
             return None
         time_vi, time_attrs, texts_at = found
@@ -266,14 +276,15 @@ def build(path: str, schema: SourceSchema, time_dim: str) -> Prototype | None:
     return proto
 
 
-_TextAt = tuple[str, str, tuple[int, int], list[tuple[int, int]]]
+_TextAt = tuple[str, str, tuple[int, int], list[tuple[int, int]], str | None]
 
 
 def _inspect(
-    f: Any, h5py: Any, time_dim: str
+    f: Any, h5py: Any, time_dim: str, schema: SourceSchema
 ) -> tuple[VarIndex, dict[str, Any], list[_TextAt]] | None:
-    """The time variable's index and raw attributes, and the text attributes (of the time
-    variable and the root group) that may differ: (owner, key, value span, checksums)."""
+    """The time variable's index and raw attributes, and the attribute values that may
+    differ: the text attributes of the time variable and the root group, the packing of the
+    data variables: (owner, key, value span, checksums, a number's dtype or None)."""
     from ._h5scan import _HIDDEN, _attrs, _variable
 
     dset = f.get(time_dim)
@@ -299,8 +310,29 @@ def _inspect(
         if spans is None:
             continue  # nothing of this object may differ
         for key, (span, checksums) in spans.texts.items():
-            texts_at.append((owner, key, span, checksums))
+            texts_at.append((owner, key, span, checksums, None))
+    for name, vi in schema.index.variables.items() if schema.index is not None else []:
+        texts_at.extend(_packing_spans(f, h5py, name, vi))
     return time_vi, _attrs(dset, keys), texts_at
+
+
+#: The CF packing of a data variable: files of one product often differ only in these
+#: (ERA5 from the CDS, packed to int16 per file); read per file from the compared bytes.
+_PACKING: Final = frozenset({"scale_factor", "add_offset"})
+
+
+def _packing_spans(f: Any, h5py: Any, name: str, vi: VarIndex) -> list[_TextAt]:
+    dset = f.get(name)
+    keys = set(_PACKING & set(vi.encoding))
+    if not keys or not isinstance(dset, h5py.Dataset):
+        return []
+    spans = text_spans(f, h5py, dset, set(), keys)
+    if spans is None:
+        return []
+    return [
+        (name, key, span, sums, dset.attrs.get_id(key).dtype.str)
+        for key, (span, sums) in spans.texts.items()
+    ]
 
 
 # --- the skeleton ----------------------------------------------------------------------------
@@ -341,7 +373,7 @@ def _allowed(
 
     allowed = np.zeros(len(reference), dtype=bool)
     texts = []
-    for owner, key, (lo, hi), checksums in texts_at:
+    for owner, key, (lo, hi), checksums, dtype in texts_at:
         spans = [position(lo, hi), *(position(a, b) for a, b in checksums)]
         if any(s is None for s in spans):
             return None
@@ -350,9 +382,16 @@ def _allowed(
             allowed[s[0] : s[1]] = True
         first = spans[0]
         assert first is not None
-        texts.append(_Text(owner, key, *first))
+        texts.append(_Text(owner, key, *first, dtype))
     allowed.flags.writeable = False
     return allowed, tuple(texts)
+
+
+def _number(raw: np.ndarray, dtype: str) -> Any:
+    """A one-value numeric attribute from its stored bytes, as h5py (and so the full scan)
+    presents it: a NumPy scalar of the native byte order."""
+    stored = np.frombuffer(raw.tobytes(), dtype=dtype)
+    return stored.astype(stored.dtype.newbyteorder("=")).reshape(-1)[0]
 
 
 def _text(raw: bytes) -> str:

@@ -25,6 +25,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+import numpy as np
+
 _MSG_ATTRIBUTE: Final = 0x000C
 _MSG_CONTINUATION: Final = 0x0010
 _MSG_ATTRIBUTE_INFO: Final = 0x0015
@@ -34,16 +36,19 @@ _MAX_BLOCK: Final = 1 << 20  # a direct block larger than this is not searched
 
 @dataclass(frozen=True)
 class Spans:
-    """One object's text attribute values: per key, the value's file range and the file
-    ranges of the checksums covering it (none in version 1 headers)."""
+    """One object's attribute values: per key, the value's file range and the file ranges of
+    the checksums covering it (none in version 1 headers)."""
 
     texts: dict[str, tuple[tuple[int, int], list[tuple[int, int]]]] = field(default_factory=dict)
 
 
-def text_spans(f: Any, h5py: Any, obj: Any, keys: set[str] | None = None) -> Spans | None:
+def text_spans(
+    f: Any, h5py: Any, obj: Any, keys: set[str] | None = None, numbers: set[str] | None = None
+) -> Spans | None:
     """The spans of ``obj``'s scalar fixed-length text attributes (those in ``keys``, or
-    all), verified against h5py's reading of them; None: the header is not understood."""
-    texts = _texts(obj, h5py, keys)
+    all) and of its one-value numeric attributes named in ``numbers``, verified against
+    the stored bytes h5py reads; None: the header is not understood."""
+    texts = {**_texts(obj, h5py, keys), **_numbers(obj, h5py, numbers or set())}
     info = h5py.h5o.get_info(obj.id)
     addr = getattr(info, "addr", None)
     if addr is None:
@@ -88,6 +93,22 @@ def _texts(obj: Any, h5py: Any, keys: set[str] | None) -> dict[str, bytes]:
             out[name] = _raw_text(obj.attrs, name)
         except (OSError, TypeError, ValueError, KeyError, _Unsupported):  # not a readable text
             continue
+    return out
+
+
+def _numbers(obj: Any, h5py: Any, keys: set[str]) -> dict[str, bytes]:
+    """The stored bytes of ``obj``'s one-value integer or float attributes in ``keys``."""
+    out = {}
+    for name in keys & set(obj.attrs):
+        aid = obj.attrs.get_id(name)
+        ftype = aid.get_type()
+        if ftype.get_class() not in (h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+            continue
+        if aid.shape not in ((), (1,)):
+            continue
+        buf = np.zeros(aid.shape, dtype=f"V{ftype.get_size()}")
+        aid.read(buf, mtype=ftype)
+        out[name] = buf.tobytes()
     return out
 
 

@@ -90,3 +90,32 @@ class IndexScan:
         for f in self.files:
             with xr.open_dataset(f, cache=False) as ds:
                 assert index_hdf5(f, ds, ["t2m"]) is not None
+
+
+class LookAlikeScan:
+    """Scanning 120 daily files (one step each, per-file time units; ``packed``: int16 with a
+    per-file scale_factor/add_offset): the fast scan (one full scan, then a byte comparison
+    per file) vs the full h5py scan of every file (``XARRAY_ZARRWRITE_FAST_SCAN=0``)."""
+
+    params = [["plain", "packed"], ["fast", "full"]]
+    param_names = ["files", "scan"]
+    number = 1
+    repeat = (3, 10, 20.0)
+    warmup_time = 0.0
+
+    def setup(self, kind: str, scan: str) -> None:
+        import sys
+
+        sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        from compare_scan import write_days
+
+        self.dir = tempfile.mkdtemp(prefix="xzw-asv-lookalike-")
+        self.files = write_days(os.path.join(self.dir, kind), 120, kind == "packed")
+
+    def teardown(self, kind: str, scan: str) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def time_scan(self, kind: str, scan: str) -> None:
+        from compare_scan import scan_seconds
+
+        scan_seconds(self.files, scan == "fast")

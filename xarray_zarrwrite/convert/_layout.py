@@ -59,6 +59,8 @@ def check_overlaps(
     members: Members | None = getattr(positions, "members", None)
     nrow = 1 if members is None else members.size
     for cls in variable_classes(schemas):
+        if members is None and not _clash(positions, cls.sources):
+            continue  # no step held twice: nothing to name (one sort, not a loop)
         owner = np.full((nrow, axis_len), -1, dtype=np.int32)
         for i in cls.sources:
             pos = np.asarray(positions[i], dtype=np.int64)
@@ -77,6 +79,12 @@ def check_overlaps(
                     "step(s)); every time step of a variable must come from exactly one source"
                 )
             owner[cells] = i
+
+
+def _clash(positions: Sequence[np.ndarray], sources: Sequence[int]) -> bool:
+    """Whether two of ``sources`` (or one, twice) hold the same step."""
+    held = np.concatenate([np.asarray(positions[i], dtype=np.int64) for i in sources])
+    return bool(np.unique(held).size != held.size)
 
 
 def _member(members: Members, position: int) -> str:

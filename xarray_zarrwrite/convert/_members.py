@@ -124,9 +124,15 @@ def _differing_dims(schemas: Sequence[SourceSchema], time_dim: str) -> list[str]
         if not all(dim in s.indexes for s in schemas):
             continue
         first = schemas[0].indexes[dim]
-        # look-alike files (the fast scan) share their index objects: no comparison
-        if any(s.indexes[dim] is not first and not s.indexes[dim].equals(first) for s in schemas):
-            out.append(dim)
+        # look-alike files (the fast scan) share their index objects: each compared once
+        same: dict[int, bool] = {id(first): True}
+        for s in schemas:
+            key = id(s.indexes[dim])
+            if key not in same:
+                same[key] = bool(s.indexes[dim].equals(first))
+            if not same[key]:
+                out.append(dim)
+                break
     return out
 
 

@@ -68,16 +68,21 @@ def _counting(path: str) -> Counting:
     return Counting(LocalStore(path))
 
 
-def _hooked(data: xr.Dataset, at: int, hook: Any) -> xr.Dataset:
-    """``data`` chunked by 2 steps, whose block ``at`` (along time) calls ``hook`` when it is
-    computed: a deterministic point in the middle of the write."""
+def _hooked(data: xr.Dataset, at: int | None, hook: Any) -> xr.Dataset:
+    """``data`` chunked by 2 steps, whose block ``at`` (along time; None: the first block
+    computed, whichever it is) calls ``hook`` when it is computed; a hook that returns False
+    has not acted yet and is called again for the next such block.
+
+    Which blocks are stored before block ``at`` is computed depends on dask's task order,
+    whose ties fall to key names (random tokens): only ``None`` puts the hook before every
+    store."""
 
     done: list[bool] = []  # once: a block may be computed twice (range check, then store)
 
     def block(x: np.ndarray, block_info: Any = None) -> np.ndarray:
-        if block_info[0]["chunk-location"][0] == at and not done:
+        at_block = at is None or block_info[0]["chunk-location"][0] == at
+        if at_block and not done and hook() is not False:
             done.append(True)
-            hook()
         return x
 
     out = data.copy()
@@ -191,12 +196,23 @@ def test_the_old_partial_end_unit_is_refused_after_an_extend(tmp_path, monkeypat
     path = str(tmp_path / "t.zarr")
     _make(path, n=N - 1)  # 11 steps, chunks of 2: the last unit [10:11] is partial
     src = _steps().isel(time=slice(0, N - 1))
-    data = _hooked(src, 1, lambda: xzw.extend(path, steps=6))
+    # the extend after planning, before any block is stored (the first block computed by
+    # the compute call): the partial unit's store always sees it, whatever dask's order
+    armed: list[bool] = []
+
+    def extend_once_armed() -> bool:
+        if armed:
+            xzw.extend(path, steps=6)
+        return bool(armed)
+
+    data = _hooked(src, None, extend_once_armed)
+    planned = xzw.write_region(data, path, compute=False)
+    armed.append(True)
     with (
         pytest.raises(TemplateChangedError, match="extended") as err,
         dask.config.set(scheduler="synchronous"),
     ):
-        xzw.write_region(data, path)
+        planned.compute()  # type: ignore[union-attr]
     assert "[10:11" in str(err.value)
     back = _read(path)
     for name in ("t2m", "tcwv"):

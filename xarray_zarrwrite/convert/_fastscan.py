@@ -117,11 +117,14 @@ def scan_like(path: str, label: str, proto: Prototype) -> SourceSchema | None:
         differ = np.flatnonzero(buf != proto.reference)
         if differ.size and not proto.allowed[differ].all():
             return None
-        raw = _read_times(fd, path, proto)
     except (OSError, ValueError):
         return None
     finally:
         os.close(fd)
+    try:
+        raw = _read_times(path, proto)
+    except (OSError, ValueError):
+        return None
     attrs = dict(proto.time_attrs)
     packing: dict[str, dict[str, Any]] = {}
     for text in proto.texts:
@@ -156,22 +159,11 @@ def _read_ranges(fd: int, ranges: Sequence[tuple[int, int]], total: int) -> np.n
     return buf
 
 
-def _read_times(fd: int, path: str, proto: Prototype) -> np.ndarray:
-    """The raw time labels of the open file ``fd``: one read for unfiltered data, else
-    through the index reader (filtered chunks)."""
-    vi = proto.time_vi
-    n = vi.shape[0]
-    itemsize = np.dtype(vi.dtype).itemsize
-    offsets, sizes = vi.offsets.ravel(), vi.sizes.ravel()
-    contiguous = len(offsets) == n and (n == 1 or (np.diff(offsets) == itemsize).all())
-    single = len(offsets) == 1 and sizes[0] >= n * itemsize
-    if not vi.codecs and n and offsets[0] >= 0 and (contiguous or single):
-        raw = np.empty(n, dtype=vi.dtype)
-        if _pread_into(fd, memoryview(raw).cast("B"), int(offsets[0])) != raw.nbytes:
-            raise OSError(f"{path}: short read of the time labels")
-        return raw
-    with RangeReader(SourceIndex((path,), {proto.time_name: vi})) as reader:
-        return read_raw(reader, vi, [slice(None)])
+def _read_times(path: str, proto: Prototype) -> np.ndarray:
+    """The raw time labels of ``path``, through the index reader (one read of contiguous
+    rows, numcodecs for filtered chunks)."""
+    with RangeReader(SourceIndex((path,), {proto.time_name: proto.time_vi})) as reader:
+        return read_raw(reader, proto.time_vi, [slice(None)])
 
 
 #: Attributes of a time variable that no xarray decoder reads besides units and calendar:
@@ -264,11 +256,7 @@ def build(path: str, schema: SourceSchema, time_dim: str) -> Prototype | None:
         size, tuple(ranges), reference, allowed, texts, time_dim, time_vi, time_attrs, schema
     )
     # the self-check: decoding the prototype's own time labels here gives the full scan's
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        raw = _read_times(fd, path, proto)
-    finally:
-        os.close(fd)
+    raw = _read_times(path, proto)
     times, calendar = decode_times(time_dim, time_vi.dims, raw, time_attrs)
     same = times.equals(schema.times) and type(times) is type(schema.times)
     if not same or times.dtype != schema.times.dtype or calendar != schema.calendar:

@@ -54,6 +54,7 @@ import xarray as xr
 from .._compat import decode_cf_datetime, decode_cf_variables
 from ._h5bytes import text_spans
 from ._index import RangeReader, SourceIndex, VarIndex, _h5_variable, _pread_into, read_raw
+from ._timelabels import decode_labels
 
 if TYPE_CHECKING:
     from ._sources import SourceSchema
@@ -189,7 +190,9 @@ def decode_times(
         and raw.dtype.isnative
     ):
         calendar = attrs.get("calendar")
-        values = decode_cf_datetime(raw, units, calendar, _CODER.use_cftime, _CODER.time_unit)
+        values = decode_labels(raw, units, calendar, _reference_decode)
+        if values is None:
+            values = _reference_decode(raw, units, calendar)
         if values.dtype.kind == "O":
             times: pd.Index = xr.CFTimeIndex(values, name=name)  # type: ignore[no-untyped-call]
         elif values.dtype.kind == "M":  # what pd.Index makes of it, in half the time
@@ -211,6 +214,11 @@ def decode_times(
 
 #: The time decoder ``decode_cf_variables`` makes by default (``decode_times=True``).
 _CODER: Final = xr.coders.CFDatetimeCoder(use_cftime=None)
+
+
+def _reference_decode(raw: np.ndarray, units: str, calendar: str | None) -> np.ndarray:
+    """What ``CFDatetimeCoder.decode`` makes of plain labels: ``decode_cf_datetime``."""
+    return np.asarray(decode_cf_datetime(raw, units, calendar, _CODER.use_cftime, _CODER.time_unit))
 
 
 # --- making a prototype ----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -80,15 +81,23 @@ class PartialState:
     member_dim: str | None = None
 
     def __post_init__(self) -> None:
-        labels = [label_text(v) for v in self.info.indexes[self.time_dim]]
-        self._labels = labels
-        self._position = {text: i for i, text in enumerate(labels)}
+        self._n = len(self.info.indexes[self.time_dim])
         self._grids = {n: ChunkGrid.from_array(a) for n, a in self.info.zarr_arrays.items()}
+
+    @cached_property
+    def _labels(self) -> list[str]:
+        """The record's spelling of every time label (only built when a chunk is partial:
+        1,461 labels take ~10 ms)."""
+        return [label_text(v) for v in self.info.indexes[self.time_dim]]
+
+    @cached_property
+    def _position(self) -> dict[str, int]:
+        return {text: i for i, text in enumerate(self._labels)}
 
     def _span(self, name: str, idx: ChunkIndex) -> tuple[int, int]:
         axis = self.info.arrays[name].dims.index(self.time_dim)
         unit = self._grids[name].unit[axis]
-        return idx[axis] * unit, min((idx[axis] + 1) * unit, len(self._labels))
+        return idx[axis] * unit, min((idx[axis] + 1) * unit, self._n)
 
     def stored_missing(self, name: str, idx: ChunkIndex) -> set[int] | None:
         """Positions a stored chunk lacks: None if not stored, empty if stored whole."""
@@ -113,7 +122,7 @@ class PartialState:
         (with files per member: every member of the chunk has it)."""
         found = self.covered.get(name)
         if found is None:  # an array no source of this run holds
-            return np.zeros(len(self._labels), dtype=bool)
+            return np.zeros(self._n, dtype=bool)
         if found.ndim == 1:
             return found
         axis = self.info.arrays[name].dims.index(str(self.member_dim))
@@ -175,7 +184,7 @@ class PartialState:
 
     def missing_positions(self, names: Sequence[str]) -> np.ndarray:
         """Bool per template position: some array of ``names`` lacks it in the store."""
-        missing = np.zeros(len(self._labels), dtype=bool)
+        missing = np.zeros(self._n, dtype=bool)
         for name in names:
             grid = self._grids[name]
             axis = self.info.arrays[name].dims.index(self.time_dim)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -280,3 +282,44 @@ def test_ctrl_c_on_threads_cancels_queued_tasks_and_the_archive_resumes(tmp_path
     assert report.ok and report.skipped >= 1 and report.written >= 1
     assert check(out).complete
     _assert_same(out, ds)
+
+
+def test_threads_scan_local_sources_on_one_thread_and_remote_ones_on_all(tmp_path, files):
+    """Local sources are scanned one after another (HDF5's lock and the GIL make a second
+    thread slower); remote ones wait on the network and are spread over the threads. The
+    schemas come back in the sources' order either way."""
+    fsspec = pytest.importorskip("fsspec")
+    ds, paths = files
+    root = f"/scan-{os.getpid()}-{time.monotonic_ns()}"
+    fs = fsspec.filesystem("memory")
+    remote = []
+    for k, p in enumerate(paths):
+        fs.pipe(f"{root}/part{k}.nc", pathlib.Path(p).read_bytes())
+        remote.append(f"memory://{root}/part{k}.nc")
+    ex = importlib.import_module("xarray_zarrwrite.convert._executors")
+    threads: dict[str, set[str]] = {}
+    real = ex.scan_batch
+
+    def spy(specs, *args):
+        for s in specs:
+            threads.setdefault(s.label, set()).add(threading.current_thread().name)
+        time.sleep(0.05)  # as a remote read would: every thread gets some
+        return real(specs, *args)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ex, "scan_batch", spy)
+        local = convert(paths, tmp_path / "a.zarr", chunks={"time": 10}, progress=False)
+        far = convert(
+            remote,
+            tmp_path / "b.zarr",
+            chunks={"time": 10},
+            engine="netcdf4",
+            max_workers=4,
+            progress=False,
+        )
+    assert local.ok and far.ok
+    assert len({t for p in paths for t in threads[p]}) == 1
+    assert len({t for r in remote for t in threads[r]}) > 1
+    assert [s.source for s in far.sources] == remote
+    _assert_same(tmp_path / "a.zarr", ds)
+    _assert_same(tmp_path / "b.zarr", ds)

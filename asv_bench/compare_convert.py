@@ -14,7 +14,8 @@ encoding=<the same chunks and compressors>)``. The floor (``floor_convert.py``) 
 bytes with h5py and compresses them per output chunk with the same codec on 2 threads, nothing
 else in between. "cold" is the first call in a fresh process (a child process that imports
 everything first: imports are excluded on both sides); "warm" rows are medians of repeats in
-this process (min in brackets).
+this process (min in brackets); "cold" rows are medians (min) of ``--repeats`` fresh
+processes, the methods interleaved in a rotating order.
 
 1. 4 yearly files, time chunk 73 and 100: convert vs the xarray baseline (goal >= 1.5x) and
    vs the floor (goal <= 1.3x), cold and warm.
@@ -231,12 +232,18 @@ def figure1(table: Table, yearly: list[str], out: str, repeats: int) -> None:
     print("figure 1: 4 yearly files, 2 workers (threads)")
     for chunk in (73, 100):
         case = f"yearly, chunk {chunk}"
-        xr_cold = cold("xarray", yearly, out, chunk)["seconds"]
-        fl_cold = cold("floor", yearly, out, chunk)["seconds"]
-        cv_cold = cold("convert", yearly, out, chunk, max_workers=2)["seconds"]
-        table.add("1", case, "xarray baseline, cold", [xr_cold], {})
-        table.add("1", case, "floor (h5py + codec, 2 threads), cold", [fl_cold], {})
-        table.add("1", case, "convert, cold", [cv_cold], {"xarray": xr_cold, "floor": fl_cold})
+        runs = colds(
+            {
+                "xarray": lambda c=chunk: cold("xarray", yearly, out, c),
+                "floor": lambda c=chunk: cold("floor", yearly, out, c),
+                "convert": lambda c=chunk: cold("convert", yearly, out, c, max_workers=2),
+            },
+            repeats,
+        )
+        xr_cold = table.add("1", case, "xarray baseline, cold", runs["xarray"], {})
+        fl_cold = table.add("1", case, "floor (h5py + codec, 2 threads), cold", runs["floor"], {})
+        refs = {"xarray": xr_cold, "floor": fl_cold}
+        table.add("1", case, "convert, cold", runs["convert"], refs)
         base, _ = timed(lambda c=chunk: xarray_baseline(yearly, out, c), repeats)
         low, _ = timed(lambda c=chunk: floor(yearly, out, c), repeats)
         xr_w = table.add("1", case, "xarray baseline, warm", base, {})
@@ -245,15 +252,35 @@ def figure1(table: Table, yearly: list[str], out: str, repeats: int) -> None:
         table.add("1", case, "convert, warm", warm, {"xarray": xr_w, "floor": fl_w})
 
 
-def figure2(table: Table, daily: list[str], out: str) -> None:
-    print(f"figure 2: {len(daily)} daily files (cold, one call each)")
-    plain = cold("xarray-plain", daily, out, 1)["seconds"]
-    table.add("2", f"{len(daily)} daily", "xr.open_mfdataset(files).to_zarr(), cold", [plain], {})
+def figure2(table: Table, daily: list[str], out: str, repeats: int) -> None:
+    print(f"figure 2: {len(daily)} daily files (cold: a fresh process per call)")
+    runs = colds(
+        {
+            "xarray": lambda: cold("xarray-plain", daily, out, 1),
+            **{
+                f"chunk {c}": lambda c=c: cold("convert", daily, out, c, max_workers=2)
+                for c in (1, 73)
+            },
+        },
+        repeats,
+    )
+    case = f"{len(daily)} daily"
+    plain = table.add("2", case, "xr.open_mfdataset(files).to_zarr(), cold", runs["xarray"], {})
     for chunk in (1, 73):
-        sec = cold("convert", daily, out, chunk, max_workers=2)["seconds"]
         table.add(
-            "2", f"{len(daily)} daily", f"convert, chunk {chunk}, cold", [sec], {"xarray": plain}
+            "2", case, f"convert, chunk {chunk}, cold", runs[f"chunk {chunk}"], {"xarray": plain}
         )
+
+
+def colds(kinds: dict[str, Callable[[], dict[str, Any]]], repeats: int) -> dict[str, list[float]]:
+    """``repeats`` cold runs of each kind, interleaved and in a rotating order (so that no kind
+    always runs first after a pause, or always after another's page-cache writes)."""
+    names = list(kinds)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out[name].append(kinds[name]()["seconds"])
+    return out
 
 
 def figure3(table: Table, monthly: list[str], out: str, repeats: int) -> None:
@@ -314,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         if "1" in figures:
             figure1(table, yearly, out, repeats)
         if "2" in figures:
-            figure2(table, daily, out)
+            figure2(table, daily, out, repeats)
         if "3" in figures:
             figure3(table, monthly, out, repeats)
         if "4" in figures:

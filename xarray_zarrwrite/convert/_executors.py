@@ -103,7 +103,7 @@ class _ThreadRunner:
         with _bar(len(specs), progress, "scan", "file") as bar:
 
             def one(b: Sequence[int]) -> dict[int, SourceSchema]:
-                got = {}
+                got: dict[int, SourceSchema] = {}
                 for k in range(0, len(b), 4):  # the bar moves every 4 sources
                     part = b[k : k + 4]
                     got.update(zip(part, scan_batch([specs[i] for i in part], *args), strict=True))

@@ -5,6 +5,7 @@ scan. The object header walk is checked on version 1 and version 2 headers."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -292,3 +293,56 @@ def test_no_prototype_from_a_file_changed_since_its_scan(
     size, mtime = schema.index.stamp
     stale = replace(schema, index=replace(schema.index, stamp=(size, mtime - 1)))
     assert _fastscan.build(paths[0], stale, "time") is None  # its bytes are not that scan's
+
+
+def test_era5_like_hourly_files_decode_labels_by_arithmetic(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ERA5 as delivered in NetCDF: hourly steps, ``"hours since 1900-01-01 00:00:00.0"`` in
+    int32, int16 packed per file. The look-alike scan decodes the labels by arithmetic (xarray's
+    decoder runs once, to check the kind) and gives what the full scan gives; the archive
+    equals ``open_mfdataset`` of the files."""
+    timelabels = importlib.import_module("xarray_zarrwrite.convert._timelabels")
+    monkeypatch.setattr(timelabels, "_agrees", {})
+    paths = []
+    for k in range(4):
+        hours = pd.date_range(f"2001-03-0{k + 1}", periods=24, freq="h")
+        rng = np.random.default_rng(k)
+        ds = xr.Dataset(
+            {
+                "t2m": (
+                    ("time", "lat", "lon"),
+                    (rng.random((24, NLAT, NLON)) * 40 + 250).astype("f4"),
+                )
+            },
+            coords={
+                "time": hours,
+                "lat": np.linspace(-50, 50, NLAT),
+                "lon": np.arange(NLON) * 45.0,
+            },
+        )
+        ds.time.encoding = {"units": "hours since 1900-01-01 00:00:00.0", "dtype": "int32"}
+        ds = _packed(ds, k)
+        paths.append(str(tmp_path / f"era5_{k}.nc"))
+        ds.to_netcdf(paths[-1])
+    decodes = []
+    real = _fastscan._reference_decode
+
+    def counting(*a: Any) -> Any:
+        decodes.append(a[1])
+        return real(*a)
+
+    monkeypatch.setattr(_fastscan, "_reference_decode", counting)
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 1 and len(decodes) == 1  # the prototype scans through xarray itself
+    assert list(timelabels._agrees.values()) == [True]
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+    assert str(fast[-1].times[-1]) == "2001-03-04 23:00:00"
+    store = str(tmp_path / "era5.zarr")
+    assert convert(paths, store, chunks={"time": 24}, template_packing="float", progress=False).ok
+    with xr.open_mfdataset(paths, combine="by_coords") as mf:
+        want = mf.load()
+    back = xr.open_zarr(store, chunks=None)
+    assert back.t2m.values.tobytes() == want.t2m.values.tobytes()
+    assert list(back.time.values) == list(want.time.values)

@@ -346,3 +346,42 @@ def test_era5_like_hourly_files_decode_labels_by_arithmetic(
     back = xr.open_zarr(store, chunks=None)
     assert back.t2m.values.tobytes() == want.t2m.values.tobytes()
     assert list(back.time.values) == list(want.time.values)
+
+
+def test_prototypes_only_for_sizes_that_repeat(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compressed files rarely share a size: a file's prototype is made only when a second
+    file of its size comes, from the first one's scan (a file changed in between gives none).
+    Look-alike compressed files of one size scan by comparison and equal the full scan."""
+    builds = []
+    real = _fastscan.build
+
+    def counting(path: str, *a: Any) -> Any:
+        builds.append(os.path.basename(path))
+        return real(path, *a)
+
+    monkeypatch.setattr(_fastscan, "build", counting)
+    zlib = {"t2m": {"zlib": True, "complevel": 1}}
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+    sizes = _write_days(tmp_path / "a", 4, encoding=zlib)  # random data: four sizes
+    assert len({os.path.getsize(p) for p in sizes}) == 4
+    fast, full = _scan(sizes, monkeypatch)
+    assert full == 4 and builds == []  # nothing repeats: no prototype is made
+
+    def same_values(ds: xr.Dataset, k: int) -> xr.Dataset:  # same bytes, so the same size
+        return ds.copy(data={"t2m": np.full(ds.t2m.shape, 280.0, "f4")})
+
+    paths = _write_days(tmp_path / "b", 5, edit=same_values, encoding=zlib)
+    assert len({os.path.getsize(p) for p in paths}) == 1
+    assert os.path.getsize(paths[0]) not in {os.path.getsize(p) for p in sizes}
+    fast, full = _scan(paths, monkeypatch)
+    assert full == 1 and builds == ["day000.nc"]  # made when day001.nc came
+    for a, b in zip(fast, _full(paths, monkeypatch), strict=True):
+        assert_same_schema(a, b)
+    store = str(tmp_path / "z.zarr")
+    assert convert(paths, store, chunks={"time": 2}, progress=False).ok
+    with xr.open_mfdataset(paths, combine="by_coords") as mf:
+        want = mf.load()
+    back = xr.open_zarr(store, chunks=None)
+    assert back.t2m.values.tobytes() == want.t2m.values.tobytes()
+    assert list(back.time.values) == list(want.time.values)

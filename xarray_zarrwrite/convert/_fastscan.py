@@ -68,6 +68,8 @@ FAST_SCAN_ENV: Final = "XARRAY_ZARRWRITE_FAST_SCAN"
 #: variable (one kind of file per variable) interleaved by date, bounded in memory.
 _KEEP: Final = 64
 _KEEP_BYTES: Final = 64 << 20
+#: Fully scanned files remembered until a second file of their size comes (their schemas).
+_KEEP_DEFERRED: Final = 256
 #: Skeletons larger than this are not kept (a file that is mostly metadata).
 _MAX_SKELETON: Final = 4 << 20
 
@@ -399,6 +401,7 @@ def _text(raw: bytes) -> str:
 # --- the prototypes of this process ----------------------------------------------------------
 
 _protos: OrderedDict[tuple[Any, ...], Prototype] = OrderedDict()
+_deferred: OrderedDict[tuple[Any, ...], tuple[str, SourceSchema]] = OrderedDict()
 _protos_lock = threading.Lock()
 
 
@@ -438,7 +441,38 @@ def keep(key: tuple[Any, ...], proto: Prototype) -> None:
             total -= old.reference.nbytes
 
 
+def make(
+    path: str, schema: SourceSchema, time_dim: str, key: tuple[Any, ...], lock: Any
+) -> Prototype | None:
+    """:func:`build` (under ``lock``, the process's HDF5 lock) and :func:`keep`."""
+    with lock:
+        made = build(path, schema, time_dim)
+    if made is not None:
+        keep(key, made)
+    return made
+
+
+def defer(key: tuple[Any, ...], size: int, path: str, schema: SourceSchema) -> None:
+    """Remember the fully scanned ``path`` as the prototype-to-be of files of ``size`` bytes.
+
+    A prototype is made only once a second file of that size comes (:func:`take_deferred`):
+    making one costs about half a full scan, and files whose sizes never repeat (compressed
+    files: 365 zlib daily files have 178 sizes) would pay it for nothing."""
+    with _protos_lock:
+        _deferred[(*key, size)] = (path, schema)
+        _deferred.move_to_end((*key, size))
+        while len(_deferred) > _KEEP_DEFERRED:
+            _deferred.popitem(last=False)
+
+
+def take_deferred(key: tuple[Any, ...], size: int) -> tuple[str, SourceSchema] | None:
+    """The file :func:`defer` remembered for ``size`` (forgotten here), or None."""
+    with _protos_lock:
+        return _deferred.pop((*key, size), None)
+
+
 def forget() -> None:
     """Drop every kept prototype (tests; a long-lived process after a run)."""
     with _protos_lock:
         _protos.clear()
+        _deferred.clear()

@@ -443,6 +443,11 @@ def _scan_h5(
     kind = _fastscan.kind_of(time_dim, variables, drop_variables, drops)
     size = _fastscan.local_size(path)
     tried = _fastscan.candidates(kind, size) if size is not None else []
+    if size is not None and not tried:  # the second file of its size: the first's prototype
+        earlier = _fastscan.take_deferred(kind, size)
+        if earlier is not None:
+            made = _fastscan.make(*earlier, time_dim, kind, _open_lock)
+            tried = [made] if made is not None else []
     for proto in tried:  # a file like one scanned before: compare bytes, read its times
         schema = _fastscan.scan_like(path, spec.label, proto)
         if schema is not None:
@@ -468,11 +473,10 @@ def _scan_h5(
     if index is None or any(n not in index.variables for n in needed):
         return None  # read in part through xarray: the xarray path scans and indexes it
     schema = _schema(spec.label, ds, time_dim, index)
-    if size is not None and len(tried) < _PROTOTYPES_PER_SIZE:
-        with _open_lock:
-            made = _fastscan.build(path, schema, time_dim)
-        if made is not None:
-            _fastscan.keep(kind, made)
+    if size is not None and not tried:  # the first file of its size (for now)
+        _fastscan.defer(kind, size, path, schema)
+    elif size is not None and len(tried) < _PROTOTYPES_PER_SIZE:  # another kind of that size
+        _fastscan.make(path, schema, time_dim, kind, _open_lock)
     return schema
 
 

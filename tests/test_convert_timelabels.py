@@ -77,6 +77,9 @@ def test_same_as_xarray(units: str, values: list[int], dtype: str, calendar: str
         ("weeks since 2000-01-01", [1], None),
         ("Days since 2000-01-01", [1], None),
         ("days after 2000-01-01", [1], None),
+        ("days  since 2000-01-01", [1], None),  # spellings the per-kind check would not see
+        (" days since 2000-01-01", [1], None),
+        ("days since 2000-01-01 ", [1], None),
         ("days since 2000-01-01", [], None),
     ],
 )

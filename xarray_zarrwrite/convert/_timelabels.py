@@ -32,9 +32,11 @@ _NS: Final = {
     "hour": 3_600_000_000_000,
     "day": 86_400_000_000_000,
 }
+#: Exactly one space around "since" and none at the ends: the per-kind check below does not
+#: see each file's spelling, so only spellings with one reading are taken.
 _UNITS: Final = re.compile(
-    r"\s*(?P<unit>[a-z]+?)s?\s+since\s+"
-    r"(?P<date>\d{4}-\d{2}-\d{2})(?:[ T](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?))?\s*"
+    r"(?P<unit>[a-z]+?)s? since "
+    r"(?P<date>\d{4}-\d{2}-\d{2})(?:[ T](?P<time>\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?))?"
 )
 #: Calendars whose labels are datetime64 (within its range) in xarray.
 _STANDARD: Final = frozenset({None, "standard", "gregorian", "proleptic_gregorian"})
@@ -60,18 +62,20 @@ def decode_labels(
     if m is None or m["unit"] not in _NS:
         return None
     key = (raw.dtype.str, m["unit"], calendar)
+    with _lock:
+        agrees = _agrees.get(key)
+    if agrees is False:  # xarray decodes this kind otherwise: its decoder, not ours
+        return None
     got = _arithmetic(raw, _NS[m["unit"]], m["date"], m["time"])
     if got is None:
         return None
-    with _lock:
-        agrees = _agrees.get(key)
     if agrees is None:  # the first labels of this kind: decoded both ways, once
         expected = reference(raw, units, calendar)
         agrees = bool(expected.dtype == got.dtype and np.array_equal(expected, got))
         with _lock:
             _agrees[key] = agrees
         return expected
-    return got if agrees else None
+    return got
 
 
 def _arithmetic(raw: np.ndarray, ns: int, date: str, time: str | None) -> np.ndarray | None:
